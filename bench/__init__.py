@@ -1,0 +1,1 @@
+"""Benchmarks: disk (fio) and KV load (puts/s, reads/s, latency) against the reference server and real etcd."""

@@ -1,0 +1,158 @@
+"""Local server processes on loopback: the reference server or a real etcd, started the same way.
+
+Used by tests, benchmarks and the demo. Ports are picked free (never 2379/2380), data lives in a
+directory the caller owns, and processes are killed with real signals.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+ETCD_BIN = os.environ.get("ETCDPROOF_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL_BIN = os.environ.get("ETCDPROOF_ETCDCTL_BIN") or shutil.which("etcdctl") or "/usr/bin/etcdctl"
+_RESERVED = {2379, 2380}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _RESERVED:
+            return port
+
+
+def have_etcd() -> bool:
+    return os.path.exists(ETCD_BIN) and os.access(ETCD_BIN, os.X_OK)
+
+
+@dataclass
+class LocalMember:
+    kind: str  # "reference" or "etcd"
+    workdir: str
+    name: str = "default"
+    host: str = "127.0.0.1"
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.workdir, f"{self.name}.etcd")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.name}.log")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Where the HTTP/JSON gateway is: the client port for etcd, its own port for ours."""
+        port = self.client_port if self.kind == "etcd" else self.http_port
+        return f"http://{self.host}:{port}"
+
+    def command(self) -> list[str]:
+        client = f"http://{self.host}:{self.client_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
+        flags = [
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.name}={peer}",
+            "--initial-cluster-token=etcdproof",
+        ]
+        if self.kind == "reference":
+            flags.append(f"--listen-client-http-urls=http://{self.host}:{self.http_port}")
+            return [sys.executable, "-m", "server", *flags, *self.extra]
+        if self.kind == "etcd":
+            return [ETCD_BIN, *flags, *self.extra]
+        raise ValueError(f"unknown server kind {self.kind!r}")
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> "LocalMember":
+        os.makedirs(self.workdir, exist_ok=True)
+        logf = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env.setdefault("ETCD_UNSUPPORTED_ARCH", "")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+        logf.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} server exited with {self.proc.returncode}; log: {self.tail_log()}")
+            try:
+                with grpc.insecure_channel(self.endpoint) as ch:
+                    rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1)
+                    rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
+                return
+            except grpc.RpcError as e:
+                last = e
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.kind} server on {self.endpoint} not ready after {timeout}s: {last}")
+
+    def tail_log(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed."""
+        if self.proc is not None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def restart(self, wait: bool = True) -> "LocalMember":
+        self.stop()
+        return self.start(wait=wait)
+
+    def etcdctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ETCDCTL_API="3")
+        return subprocess.run(
+            [ETCDCTL_BIN, f"--endpoints={self.endpoint}", *args],
+            input=input, capture_output=True, text=True, timeout=timeout, env=env,
+        )
