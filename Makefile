@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
-APT_PKGS := python3-venv etcd-server etcd-client fio openssh-server iptables iproute2 faketime fuse3 curl
+APT_PKGS := python3-venv etcd-server etcd-client fio openssh-server iptables iproute2 faketime fuse3 curl nghttp2-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(shell find server/proto -name '*.proto')
 STAMP := $(VENV)/.installed

@@ -49,6 +49,7 @@ class Backend:
         self._committing: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}
         self._pending_count = 0
         self._last_commit = time.monotonic()
+        self._size = -1  # cached file size; -1 = recompute (it only changes on commit)
         self._env, self._dbs = self._open()
 
     def _open(self) -> tuple[lmdb.Environment, dict[bytes, object]]:
@@ -119,6 +120,7 @@ class Backend:
             elapsed = time.monotonic() - t0
             with self._mu:
                 self._committing = {b: {} for b in BUCKETS}
+                self._size = -1
             self._last_commit = time.monotonic()
             self.observe_commit(elapsed)
 
@@ -207,9 +209,11 @@ class Backend:
 
     # ------------------------------------------------------------ whole file
     def size(self) -> int:
-        """Bytes the database file occupies (what etcd reports as dbSize)."""
-        info = self._env.info()
-        return (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        """Bytes the database file occupies (what etcd reports as dbSize), as of the last commit."""
+        if self._size < 0:
+            info = self._env.info()
+            self._size = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        return self._size
 
     def size_in_use(self) -> int:
         """Bytes held by live pages; the rest is free space that defragment gives back."""
@@ -254,6 +258,7 @@ class Backend:
             os.replace(tmp, self.path)
             _fsync_dir(os.path.dirname(self.path) or ".")
             self._env, self._dbs = self._open()
+            self._size = -1
 
     def snapshot_to(self, path: str) -> str:
         """Write a consistent copy of the committed database to path; returns its sha256 hex."""

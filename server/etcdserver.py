@@ -15,24 +15,23 @@ import struct
 import tempfile
 import threading
 import time
-import zlib
 from typing import Iterator
 
 from server import errors
-from server.apply import LEASE_BUCKET, Applier, CompactionJob, decode_lease
+from server.apply import LEASE_BUCKET, Applier, CompactionJob, _has_put, decode_lease
 from server.backend import Backend
 from server.config import API_VERSION, Config, compaction_period
 from server.ids import IDGenerator, cluster_id, member_id
 from server.kvops import do_range, do_txn_read
 from server.lease import Lessor, min_lease_ttl
 from server.metrics import Metrics
-from server.mvcc.revision import main_rev_prefix
+from server.mvcc.revision import bytes_to_rev, main_rev_prefix
 from server.mvcc.store import KVStore
 from server.node import LocalLog
 from server.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
 from server.proto.raftpb import raft_pb2
 from server.validate import check_delete, check_put, check_range, check_txn, txn_is_readonly
-from server.wal import WAL, WALCorruptError
+from server.wal import WAL, WALCorruptError, WalSnapshot
 from server.watch import WatchHub
 
 log = logging.getLogger("etcdproof.server")
@@ -44,6 +43,28 @@ CLUSTER_BUCKET = b"cluster"
 _METADATA = struct.Struct(">QQ")  # member id, cluster id (the WAL's metadata record)
 SNAPSHOT_CHUNK = 32 * 1024
 QUOTA_OVERHEAD = 256  # bytes charged per write on top of its size, for index and page overhead
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli), the checksum etcd's HashKV uses (zlib only has the IEEE one)."""
+    t = _CRC32C_TABLE
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 class StartupError(Exception):
@@ -74,6 +95,9 @@ class EtcdServer:
         self.metrics = Metrics()
         self.lock = threading.RLock()
         self.applied = threading.Condition(self.lock)  # notified after every applied batch
+        # physical compaction runs outside the store lock; defragment must not swap the
+        # backend file under it (order: _maint before lock)
+        self._maint = threading.Lock()
         self._waiters: dict[int, _Waiter] = {}
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -97,6 +121,15 @@ class EtcdServer:
         wal, entries, term = self._open_wal()
         self.idgen = IDGenerator(self.member_id, int(time.time() * 1000))
         self._recover(entries)
+        if self.applier.applied_index > wal.last_index:
+            # the WAL lost its tail (a torn or truncated record) after the backend committed it:
+            # new entries must follow the backend's index, or apply would skip them as replays
+            log.warning(
+                "backend is at index %d, ahead of the wal's last entry %d: recording a wal snapshot there",
+                self.applier.applied_index, wal.last_index,
+            )
+            wal.save_snapshot(WalSnapshot(index=self.applier.applied_index, term=self.applier.applied_term))
+            wal.last_index = self.applier.applied_index
         self.term = term
         self.log = LocalLog(wal, self.member_id, term, self._apply_batch, self._after_batch)
         self.log.on_fatal = self._on_fatal
@@ -258,13 +291,14 @@ class EtcdServer:
         Runs outside the store lock: no read can reach a revision below the compaction point.
         """
         removed = 0
-        victims = list(self.store.compaction_victims(job.rev, job.keep, batch))
-        for chunk in victims:
-            self.backend.delete_revs(chunk)
+        with self._maint:
+            victims = list(self.store.compaction_victims(job.rev, job.keep, batch))
+            for chunk in victims:
+                self.backend.delete_revs(chunk)
+                self.backend.commit()
+                removed += len(chunk)
+            self.store.finish_compaction(job.rev)
             self.backend.commit()
-            removed += len(chunk)
-        self.store.finish_compaction(job.rev)
-        self.backend.commit()
         log.info("compacted at revision %d: removed %d revisions", job.rev, removed)
 
     # ----------------------------------------------------------- helpers
@@ -312,8 +346,9 @@ class EtcdServer:
             raise res
         return self._fill(res)
 
-    def _check_quota(self, cost: int) -> None:
-        if self.applier.nospace():
+    def _check_quota(self, cost: int, capped: bool = True) -> None:
+        """capped: refused while NOSPACE is raised (etcd lets a txn without puts through)."""
+        if capped and self.applier.nospace():
             raise errors.NO_SPACE
         if self.backend.size() + cost + QUOTA_OVERHEAD > self.cfg.quota_backend_bytes:
             log.warning("backend quota of %d bytes exhausted: raising the NOSPACE alarm", self.cfg.quota_backend_bytes)
@@ -350,7 +385,7 @@ class EtcdServer:
         if txn_is_readonly(r):
             with self.lock:
                 return self._fill(do_txn_read(self.store, r))
-        self._check_quota(r.ByteSize())
+        self._check_quota(r.ByteSize(), capped=_has_put(r))
         return self._propose(InternalRaftRequest(txn=r))  # type: ignore[return-value]
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
@@ -390,14 +425,17 @@ class EtcdServer:
 
     def lease_leases(self) -> pb.LeaseLeasesResponse:
         with self.lock:
-            ids = sorted(self.lessor.leases)
+            # soonest expiry first, as etcd's lessor sorts them
+            leases = self.lessor.leases
+            ids = sorted(leases, key=lambda i: (leases[i].expiry, i))
             return self._fill(pb.LeaseLeasesResponse(header=pb.ResponseHeader(), leases=[pb.LeaseStatus(ID=i) for i in ids]))
 
     # ------------------------------------------------------- maintenance
     def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
         if r.action == pb.AlarmRequest.GET:
             with self.lock:
-                return self._fill(pb.AlarmResponse(header=pb.ResponseHeader(), alarms=self.applier.alarm_list()))
+                # no header, as etcd 3.4 answers (and as the applied ACTIVATE/DEACTIVATE answer)
+                return pb.AlarmResponse(alarms=self.applier.alarm_list())
         return self._propose(InternalRaftRequest(alarm=r))  # type: ignore[return-value]
 
     def status(self) -> pb.StatusResponse:
@@ -419,7 +457,7 @@ class EtcdServer:
             )
 
     def defragment(self) -> pb.DefragmentResponse:
-        with self.lock:
+        with self._maint, self.lock:
             before = self.backend.size()
             self.backend.defragment()
             log.info("defragmented backend: %d -> %d bytes", before, self.backend.size())
@@ -430,21 +468,35 @@ class EtcdServer:
             return self._fill(pb.HashResponse(header=pb.ResponseHeader(), hash=self.backend.hash()))
 
     def hash_kv(self, r: pb.HashKVRequest) -> pb.HashKVResponse:
-        """CRC-32 of the key space's history up to a revision, for comparing members."""
-        with self.lock:
-            rev = r.revision or self.store.current_rev
+        """etcd's HashKV, bit for bit: CRC-32C over "key" and the key bucket's entries up to rev.
+
+        Entries at or below the compaction point count only if a compaction at rev would keep
+        them (when it would keep anything), so members agree however far they have compacted.
+        Under _maint so a physical compaction is never half done underneath.
+        """
+        with self._maint, self.lock:
+            compact = self.store.compact_rev
+            rev = r.revision
+            if 0 < rev <= compact:
+                raise errors.COMPACTED
             if rev > self.store.current_rev:
                 raise errors.FUTURE_REV
-            if rev < self.store.compact_rev:
-                raise errors.COMPACTED
-            h = zlib.crc32(b"key")
+            rev = rev or self.store.current_rev
+            keep: set = set()
+            for ki in self.store.index.values():
+                ki.keep(rev, keep)
+            h = crc32c(b"key")
             for k, v in self.backend.iter_revs(main_rev_prefix(0), main_rev_prefix(rev + 1)):
-                h = zlib.crc32(v, zlib.crc32(k, h))
+                if keep:
+                    kr = bytes_to_rev(k)
+                    if kr.main <= compact and kr not in keep:
+                        continue
+                h = crc32c(v, crc32c(k, h))
             return self._fill(
                 pb.HashKVResponse(
                     header=pb.ResponseHeader(),
                     hash=h,
-                    compact_revision=max(self.store.compact_rev, 0),
+                    compact_revision=compact,
                     hash_revision=rev,
                 )
             )
@@ -477,7 +529,9 @@ class EtcdServer:
         return self._fill(pb.MoveLeaderResponse(header=pb.ResponseHeader()))
 
     def member_list(self) -> pb.MemberListResponse:
-        return self._fill(pb.MemberListResponse(header=pb.ResponseHeader(), members=self.members))
+        # etcd's cluster service header carries no revision (cluster_server.go's header())
+        header = pb.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id, raft_term=self.term)
+        return pb.MemberListResponse(header=header, members=self.members)
 
     def is_healthy(self) -> tuple[bool, str]:
         if self.fatal is not None:
@@ -492,30 +546,37 @@ class EtcdServer:
 
     # ------------------------------------------------------ housekeeping
     def _housekeeping(self) -> None:
-        next_lease = next_progress = next_compact = time.monotonic()
+        start = time.monotonic()
+        deadlines = {"lease": start, "progress": start + self.cfg.watch_progress_notify_interval, "compact": start}
         compact_samples: list[tuple[float, int]] = []
         while not self._stopped.wait(0.05):
-            now = time.monotonic()
+            try:
+                self._housekeeping_round(compact_samples, deadlines)
+            except Exception:  # noqa: BLE001 - log and go on; one bad round must not stop leases or watches
+                log.exception("housekeeping round failed")
+
+    def _housekeeping_round(self, compact_samples: list[tuple[float, int]], deadlines: dict[str, float]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            more = self.hub.sync()
+        while more and not self._stopped.is_set():
             with self.lock:
                 more = self.hub.sync()
-            while more and not self._stopped.is_set():
-                with self.lock:
-                    more = self.hub.sync()
-            synced, unsynced = self.hub.counts()
-            self.metrics.watchers.set(synced + unsynced)
-            self.metrics.slow_watchers.set(unsynced)
-            if now >= next_lease:
-                next_lease = now + 0.5
-                self._revoke_expired(now)
-                self.metrics.db_size.set(self.backend.size())
-                self.metrics.keys_total.set(len(self.store.index))
-                self.metrics.leases.set(len(self.lessor.leases))
-            if now >= next_progress:
-                next_progress = now + self.cfg.watch_progress_notify_interval
-                with self.lock:
-                    self.hub.progress_tick()
-            if now >= next_compact:
-                next_compact = self._auto_compact(now, compact_samples)
+        synced, unsynced = self.hub.counts()
+        self.metrics.watchers.set(synced + unsynced)
+        self.metrics.slow_watchers.set(unsynced)
+        if now >= deadlines["lease"]:
+            deadlines["lease"] = now + 0.5
+            self._revoke_expired(now)
+            self.metrics.db_size.set(self.backend.size())
+            self.metrics.keys_total.set(len(self.store.index))
+            self.metrics.leases.set(len(self.lessor.leases))
+        if now >= deadlines["progress"]:
+            deadlines["progress"] = now + self.cfg.watch_progress_notify_interval
+            with self.lock:
+                self.hub.progress_tick()
+        if now >= deadlines["compact"]:
+            deadlines["compact"] = self._auto_compact(now, compact_samples)
 
     def _revoke_expired(self, now: float) -> None:
         with self.lock:

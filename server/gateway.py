@@ -94,6 +94,22 @@ UNARY: dict[str, Unary] = {
 }
 
 
+def _known_fields(obj: object, desc) -> object:
+    """obj without the keys desc's message lacks, at any depth: grpc-gateway v1 ignores unknown
+    fields (but, unlike json_format's ignore_unknown_fields, still rejects unknown enum names)."""
+    if isinstance(obj, list):
+        return [_known_fields(x, desc) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        f = desc.fields_by_camelcase_name.get(k) or desc.fields_by_name.get(k)
+        if f is None:
+            continue
+        out[k] = _known_fields(v, f.message_type) if f.message_type is not None else v
+    return out
+
+
 def parse_requests(body: bytes, cls: type) -> list[Message]:
     """One or more JSON objects (newline-delimited, as grpc-gateway streams take them)."""
     text = body.decode("utf-8", errors="strict").strip()
@@ -104,8 +120,12 @@ def parse_requests(body: bytes, cls: type) -> list[Message]:
     pos = 0
     while pos < len(text):
         obj, end = dec.raw_decode(text, pos)
+        if obj is None:
+            obj = {}  # JSON null is the empty message, as in grpc-gateway
+        if not isinstance(obj, dict):
+            raise ValueError(f"cannot unmarshal a JSON {type(obj).__name__} into {cls.DESCRIPTOR.name}")
         msg = cls()
-        json_format.ParseDict(obj, msg)
+        json_format.ParseDict(_known_fields(obj, cls.DESCRIPTOR), msg)
         out.append(msg)
         pos = end
         while pos < len(text) and text[pos] in " \t\r\n":

@@ -35,6 +35,13 @@ def _status(e: EtcdError) -> grpc.StatusCode:
     return grpc.StatusCode[e.code.name]
 
 
+def _code_label(code: str) -> str:
+    """grpc_code label as etcd's go-grpc-prometheus writes it: Go's names ("InvalidArgument")."""
+    if code == "CANCELLED":
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.split("_")) if code != "OK" else "OK"
+
+
 def rpc(service: str, kind: str = "unary") -> Callable:
     """Wrap a handler: count it, map errors to gRPC status."""
 
@@ -50,11 +57,11 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                 try:
                     resp = fn(self, request, context)
                 except EtcdError as e:
-                    m.grpc_handled.labels("unary", service, method, _status(e).name).inc()
+                    m.grpc_handled.labels("unary", service, method, _code_label(_status(e).name)).inc()
                     context.abort(_status(e), e.message)
                 except Exception as e:  # noqa: BLE001 - the server must survive any input
                     log.exception("%s.%s failed", service, method)
-                    m.grpc_handled.labels("unary", service, method, "UNKNOWN").inc()
+                    m.grpc_handled.labels("unary", service, method, "Unknown").inc()
                     context.abort(grpc.StatusCode.UNKNOWN, f"etcdproof: internal error: {e!r}")
                 m.grpc_handled.labels("unary", service, method, "OK").inc()
                 return resp
@@ -77,7 +84,7 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                     code = "UNKNOWN"
                     context.abort(grpc.StatusCode.UNKNOWN, f"etcdproof: internal error: {e!r}")
             finally:
-                m.grpc_handled.labels(kind, service, method, code).inc()
+                m.grpc_handled.labels(kind, service, method, _code_label(code)).inc()
 
         return stream
 

@@ -130,7 +130,7 @@ def _compare_one(c: Compare, kv: KeyValue) -> bool:
     elif t == Compare.LEASE:
         a, b = kv.lease, c.lease
     else:
-        return False
+        a, b = 0, 0  # an unknown target compares as equal, as in etcd
     res = c.result
     if res == Compare.EQUAL:
         return a == b
@@ -140,7 +140,7 @@ def _compare_one(c: Compare, kv: KeyValue) -> bool:
         return a < b
     if res == Compare.NOT_EQUAL:
         return a != b
-    return False
+    return True  # etcd treats an unknown result operator as satisfied
 
 
 def compare(reader: Reader, c: Compare) -> bool:
@@ -174,24 +174,27 @@ def _path(reader: Reader, r: pb.TxnRequest) -> _Path:
     return p
 
 
-def _check(reader: Reader, r: pb.TxnRequest, p: _Path, lessor: Lessor | None, rev: int, first_rev: int) -> None:
+def _check(
+    reader: Reader, r: pb.TxnRequest, p: _Path, lessor: Lessor | None, rev: int, first_rev: int, puts: bool = False
+) -> None:
+    """One of etcd's two passes over the ops a txn will run: its puts (puts=True), then its ranges."""
     kids = iter(p.children)
     for op in r.success if p.succeeded else r.failure:
         which = op.WhichOneof("request")
-        if which == "request_put" and lessor is not None:
+        if which == "request_put" and puts and lessor is not None:
             put = op.request_put
-            check_put_lease(lessor, put)
-            if put.ignore_value or put.ignore_lease:
+            if put.ignore_value or put.ignore_lease:  # in a txn etcd looks for the key before the lease
                 if not reader.range(put.key, None).kvs:
                     raise errors.KEY_NOT_FOUND
-        elif which == "request_range":
+            check_put_lease(lessor, put)
+        elif which == "request_range" and not puts:
             rr = op.request_range
             if rr.revision > rev:
                 raise errors.FUTURE_REV
-            if 0 < rr.revision < first_rev:
+            if rr.revision != 0 and rr.revision < first_rev:  # etcd's checkRange: negatives too
                 raise errors.COMPACTED
         elif which == "request_txn":
-            _check(reader, op.request_txn, next(kids), lessor, rev, first_rev)
+            _check(reader, op.request_txn, next(kids), lessor, rev, first_rev, puts)
 
 
 def _run(txn: Reader, r: pb.TxnRequest, p: _Path, writable: WriteTxn | None) -> list[pb.ResponseOp]:
@@ -221,16 +224,17 @@ def _run(txn: Reader, r: pb.TxnRequest, p: _Path, writable: WriteTxn | None) -> 
 def do_txn_write(store: KVStore, lessor: Lessor, r: pb.TxnRequest) -> tuple[pb.TxnResponse, WriteTxn]:
     """A txn that may write; the caller ends the returned write txn and publishes its events."""
     txn = store.write()
-    first = store.compact_rev if store.compact_rev > 0 else 1
+    first = store.compact_rev  # etcd's FirstRev: -1 until the first compaction
     p = _path(txn, r)
-    _check(txn, r, p, lessor, store.current_rev, first)
+    _check(txn, r, p, lessor, store.current_rev, first, puts=True)  # etcd checks every put first,
+    _check(txn, r, p, lessor, store.current_rev, first)  # then every range
     responses = _run(txn, r, p, txn)
     rev = txn.rev if txn.changes else txn.begin_rev
     return pb.TxnResponse(header=pb.ResponseHeader(revision=rev), succeeded=p.succeeded, responses=responses), txn
 
 
 def do_txn_read(store: KVStore, r: pb.TxnRequest) -> pb.TxnResponse:
-    first = store.compact_rev if store.compact_rev > 0 else 1
+    first = store.compact_rev  # etcd's FirstRev: -1 until the first compaction
     p = _path(store, r)
     _check(store, r, p, None, store.current_rev, first)
     responses = _run(store, r, p, None)

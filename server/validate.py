@@ -18,9 +18,16 @@ TxnRequest = rpc_pb2.TxnRequest
 RequestOp = rpc_pb2.RequestOp
 
 
+_SORT_ORDERS = frozenset(RangeRequest.SortOrder.values())
+_SORT_TARGETS = frozenset(RangeRequest.SortTarget.values())
+
+
 def check_range(r: RangeRequest) -> None:
     if not r.key:
         raise errors.EMPTY_KEY
+    # etcd >= 3.5 rejects unknown sort enums (3.4 crashed on an unknown sort target)
+    if r.sort_order not in _SORT_ORDERS or r.sort_target not in _SORT_TARGETS:
+        raise errors.INVALID_SORT_OPTION
 
 
 def check_put(r: PutRequest) -> None:
@@ -51,7 +58,7 @@ def _check_txn_ops(r: TxnRequest, max_ops: int) -> None:
         if not c.key:
             raise errors.EMPTY_KEY
     for op in list(r.success) + list(r.failure):
-        _check_op(op, max_ops)
+        _check_op(op, max_ops - n)  # etcd: a nested txn gets what its parent left of the budget
 
 
 def _check_op(op: RequestOp, max_ops: int) -> None:
@@ -87,7 +94,7 @@ class _Writes:
             if end is None:
                 if key == start:
                     return True
-            elif start <= key and (end == b"" or key < end):
+            elif start <= key < end:
                 return True
         return False
 
@@ -98,7 +105,8 @@ def _intervals(ops) -> _Writes:
     for op in ops:
         if op.WhichOneof("request") == "request_delete_range":
             d = op.request_delete_range
-            w.dels.append(delete_bounds(d.key, d.range_end))
+            # etcd's checkIntervals takes range_end literally: "\0" is no "to the end" here
+            w.dels.append((d.key, d.range_end or None))
     for op in ops:
         if op.WhichOneof("request") != "request_txn":
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import time
 import zlib
@@ -64,6 +65,25 @@ def encode_record(rtype: int, data: bytes) -> bytes:
     return HEADER.pack(len(data), crc, rtype) + data
 
 
+_RECORD_CANDIDATE = re.compile(rb"(?s)(?=.{8}[\x01-\x04])")  # a known type byte 8 bytes on
+
+
+def _intact_record_after(buf: bytes, start: int) -> int | None:
+    """Offset of the first record at or after start whose CRC checks out, or None.
+
+    A torn write leaves nothing intact behind it, so damage followed by an intact record is
+    corruption of data that was durable (and acknowledged), never a torn tail to cut off.
+    """
+    n = len(buf)
+    for m in _RECORD_CANDIDATE.finditer(buf, start):
+        p = m.start()
+        length, crc, rtype = HEADER.unpack_from(buf, p)
+        end = p + HEADER.size + length
+        if end <= n and zlib.crc32(buf[p + HEADER.size : end], zlib.crc32(CRC_PREFIX.pack(length, rtype))) == crc:
+            return p
+    return None
+
+
 def _has_zero_sector(buf: bytes, start: int, end: int) -> bool:
     """Whether some sector-aligned chunk of buf[start:end] is all zeros (an unwritten sector)."""
     pos = start
@@ -105,14 +125,15 @@ def scan_segment(path: str, buf: bytes, is_last: bool) -> tuple[list[tuple[int, 
         length, crc, rtype = HEADER.unpack_from(buf, off)
         end = off + HEADER.size + length
         if end > n:
-            if is_last:
+            if is_last and _intact_record_after(buf, off + 1) is None:
                 return records, off
             raise WALCorruptError(path, off, f"record of {length} bytes runs past end of file")
         data = buf[off + HEADER.size : end]
         good = rtype in _TYPES and zlib.crc32(data, zlib.crc32(CRC_PREFIX.pack(length, rtype))) == crc
         if not good:
             # zero-filled tail (never written) or a record with an unwritten sector: torn
-            if is_last and (_has_zero_sector(buf, off, end) or buf.count(0, off) == n - off):
+            torn = _has_zero_sector(buf, off, end) or buf.count(0, off) == n - off
+            if is_last and torn and _intact_record_after(buf, off + 1) is None:
                 return records, off
             reason = "crc mismatch" if rtype in _TYPES else f"unknown record type {rtype}"
             raise WALCorruptError(path, off, reason)

@@ -87,6 +87,8 @@ class WatchHub:
         fragment: bool = False,
     ) -> Watcher:
         cur = self.store.current_rev
+        if start_rev < 0:
+            start_rev = 1  # a negative start means "from the beginning"
         synced = start_rev == 0 or start_rev > cur
         w = Watcher(
             id=watch_id,
@@ -173,7 +175,7 @@ class WatchHub:
             w.next_rev = rev + 1
 
     def sync(self, max_revs: int = 1000) -> bool:
-        """Catch unsynced watchers up by up to max_revs revisions; True if work remains."""
+        """Catch unsynced watchers up by up to max_revs revisions; True if a ready one still lags."""
         st_pending = [s for s in self._streams.values() if s.progress_pending]
         if not self._unsynced:
             for st in st_pending:
@@ -192,7 +194,7 @@ class WatchHub:
             elif w.sink.has_room():
                 ready.append(w)
         if not ready:
-            return bool(self._unsynced)
+            return False  # the rest wait for room in their streams (or there is nothing left)
         lo = min(w.next_rev for w in ready)
         hi = min(cur, lo + max_revs - 1)
         per_watcher: dict[Watcher, list[tuple[int, Event]]] = {w: [] for w in ready}
@@ -214,7 +216,7 @@ class WatchHub:
         for st in self._streams.values():
             if st.progress_pending:
                 self._maybe_send_progress(st)
-        return bool(self._unsynced)
+        return any(not w.synced for w in ready)
 
     def _deliver(self, w: Watcher, events: list[Event], header_rev: int) -> None:
         out = []

@@ -6,7 +6,7 @@ of the generation's last revision, so the version of revs[i] is ver - (len(revs)
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from server.mvcc.revision import Revision
@@ -64,6 +64,16 @@ class KeyIndex:
         g.created, g.ver, g.revs = created, ver, [modified]
         self.modified = modified
 
+    def restore_tombstone(self, rev: Revision) -> None:
+        """A tombstone from backend data whose generation's puts were compacted away: a dead
+        one-revision generation, so that a later compaction knows about it."""
+        g = self.generations[-1]
+        if not g.is_empty() or rev <= self.modified:
+            raise KeyIndexError(f"restore of tombstone {rev} on {self.key!r} out of order")
+        g.created, g.ver, g.revs = rev, 0, [rev]
+        self.generations.append(Generation())
+        self.modified = rev
+
     def tombstone(self, rev: Revision) -> None:
         if self.generations[-1].is_empty():
             raise KeyIndexError(f"tombstone on deleted key {self.key!r}")
@@ -103,23 +113,45 @@ class KeyIndex:
             out.extend(r for r in g.revs if r.main >= main)
         return out
 
-    def compact(self, at_main: int, keep: set[Revision]) -> None:
-        """Forget history before at_main, keeping the key's state at at_main.
+    def _compaction(self, at_main: int) -> tuple[int, list[tuple[int, int]], list[Revision]]:
+        """What compacting at at_main does: (generations dropped from the front,
+        [(generation, revisions dropped from its front)], revisions kept).
 
-        The latest revision <= at_main of a generation still alive at at_main goes into keep;
-        generations deleted by at_main disappear entirely (their tombstone included).
+        Only history before at_main goes (etcd's API: superseded revisions *less than* the
+        compaction revision): a generation deleted before at_main disappears, tombstone
+        included; every revision at at_main stays, tombstones too, since a watcher may start at
+        at_main (etcd lost such deletes until it fixed etcd-io/etcd#18089); a generation with
+        nothing at at_main keeps its latest earlier revision, the key's value at at_main.
         """
         gens = self.generations
         i = 0
-        while i < len(gens) - 1 and gens[i].revs[-1].main <= at_main:
+        while i < len(gens) - 1 and gens[i].revs[-1].main < at_main:
             i += 1
-        g = gens[i]
-        if not g.is_empty():
-            j = bisect_right(g.revs, Revision(at_main, 1 << 62)) - 1
-            if j >= 0:
-                keep.add(g.revs[j])
-                del g.revs[:j]
-        del gens[:i]
+        trims: list[tuple[int, int]] = []
+        kept: list[Revision] = []
+        for gi in range(i, len(gens)):
+            revs = gens[gi].revs
+            if not revs or revs[0].main > at_main:
+                break  # (a key deleted and re-created at at_main has two such generations)
+            hi = bisect_right(revs, Revision(at_main, 1 << 62))
+            lo = bisect_left(revs, Revision(at_main, 0))
+            start = lo if lo < hi else hi - 1
+            kept.extend(revs[start:hi])
+            trims.append((gi, start))
+        return i, trims, kept
+
+    def compact(self, at_main: int, keep: set[Revision]) -> None:
+        """Forget history before at_main, keeping the key's state at at_main and its changes at
+        at_main; the revisions the backend must keep go into keep."""
+        i, trims, kept = self._compaction(at_main)
+        for gi, start in trims:
+            del self.generations[gi].revs[:start]
+        del self.generations[:i]
+        keep.update(kept)
+
+    def keep(self, at_main: int, keep: set[Revision]) -> None:
+        """Add to keep the revisions compact(at_main) would keep, changing nothing (for HashKV)."""
+        keep.update(self._compaction(at_main)[2])
 
     def is_empty(self) -> bool:
         return len(self.generations) == 1 and self.generations[0].is_empty()

@@ -236,6 +236,13 @@ class KVStore:
                     old = self.key_lease.pop(kv.key, 0)
                     if old:
                         self.leases.detach(old, kv.key)
+                else:
+                    # kept by a compaction at its revision (its puts are gone): the index must
+                    # know it, or resuming that compaction would delete a watcher's event
+                    if ki is None:
+                        ki = self.index[kv.key] = KeyIndex(kv.key)
+                        self.keys.add(kv.key)
+                    ki.restore_tombstone(rev)
                 continue
             if ki is None:
                 ki = self.index[kv.key] = KeyIndex(kv.key)
@@ -299,18 +306,16 @@ class WriteTxn:
         res.rev = self._read_rev()
         return res
 
-    def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
-        """Write key; returns its previous KeyValue (None if it did not exist)."""
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue:
+        """Write key; returns the new KeyValue. Read the old one first if you need it."""
         s = self.store
         rev = Revision(self.rev, len(self.changes))
         ki = s.index.get(key)
-        prev = None
         created = rev.main
         ver = 1
         if ki is not None:
             got = ki.get(self.rev)
             if got is not None:
-                prev = s._load(got[0])
                 created = got[1].main
                 ver = got[2] + 1
         kv = KeyValue(key=key, value=value, create_revision=created, mod_revision=rev.main, version=ver, lease=lease)
@@ -330,7 +335,7 @@ class WriteTxn:
         else:
             s.key_lease.pop(key, None)
         self.changes.append((kv, False))
-        return prev
+        return kv
 
     def delete_range(self, start: bytes, end: bytes | None) -> list[KeyValue]:
         """Delete every live key in the range; returns their previous KeyValues."""

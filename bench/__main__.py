@@ -1,0 +1,75 @@
+"""`python -m bench kv [--db reference|etcd|both] ...`: single-member KV benchmark on loopback."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+from bench import h2load
+from bench.kv import TABLE_HEAD, TARGET_READS, TARGET_WRITES, prepare, results_json, run_h2load_load, run_load
+from harness.localproc import LocalMember, have_etcd
+
+
+def kv_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="etcdproof bench kv", description=__doc__)
+    p.add_argument("--db", choices=["reference", "etcd", "both"], default="both")
+    p.add_argument("--clients", default="1,64", help="comma-separated client counts")
+    p.add_argument("--ops", default="put,range,range-serializable", help="comma-separated: put, range, range-serializable")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes (python generator)")
+    p.add_argument(
+        "--generator", choices=["h2load", "python"], default="h2load" if h2load.available() else "python",
+        help="h2load (C, nghttp2-client; default when installed) or python (grpc.aio worker processes)",
+    )
+    p.add_argument("--json", help="write results as JSON to this file")
+    args = p.parse_args(argv)
+    dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
+    if "etcd" in dbs and not have_etcd():
+        print("bench: real etcd not found (install Debian etcd-server)", file=sys.stderr)
+        return 2
+    clients = [int(c) for c in args.clients.split(",")]
+    ops = args.ops.split(",")
+    results = []
+    print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"generator {args.generator}, {args.duration:g} s per cell")
+    print(TABLE_HEAD)
+    with tempfile.TemporaryDirectory(prefix="etcdproof-bench-") as tmp:
+        for db in dbs:
+            m = LocalMember(db, os.path.join(tmp, db)).start()
+            try:
+                prepare(m.endpoint)
+                for op in ops:
+                    for c in clients:
+                        if args.generator == "h2load":
+                            r = run_h2load_load(db, m.endpoint, m.http_url + "/metrics", op, c, args.duration,
+                                                server_pid=m.proc.pid)
+                        else:
+                            r = run_load(db, m.endpoint, op, c, args.duration, args.procs, server_pid=m.proc.pid)
+                        results.append(r)
+                        print(r.row(), flush=True)
+            finally:
+                m.stop()
+    for r in results:
+        if r.clients == max(clients):
+            target = TARGET_WRITES if r.op == "put" else TARGET_READS
+            verdict = "meets" if r.rate >= target else "below"
+            print(f"{r.db} {r.op} at {r.clients} clients: {r.rate:,.0f}/s, {verdict} the {target:,}/s target")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(results_json(results))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("kv",):
+        print("usage: python -m bench kv [options]   (bench disk arrives with the benchmark issue)", file=sys.stderr)
+        return 2
+    return kv_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

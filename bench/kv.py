@@ -1,0 +1,155 @@
+"""KV benchmark: puts/s and range reads/s with latency percentiles, the same load for any target.
+
+The load comes from several worker processes (bench.loadworker) started together; their CPU time
+is reported so a saturated generator is visible. Results compare against etcd's classic targets
+(2,000 reads/s, 10,000 writes/s) and, run with --db both, against real etcd on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+
+from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+TARGET_READS = 2000
+TARGET_WRITES = 10000
+
+
+@dataclass
+class Result:
+    db: str
+    op: str
+    clients: int
+    procs: int
+    ops: int
+    errors: int
+    seconds: float
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    generator_cpu_s: float
+    server_cpu_s: float
+
+    def row(self) -> str:
+        return (
+            f"| {self.db} | {self.op} | {self.clients} | {self.rate:,.0f} | {self.p50_ms:.2f} | {self.p99_ms:.2f} "
+            f"| {self.errors} | {self.generator_cpu_s / self.seconds:.2f} | {self.server_cpu_s / self.seconds:.2f} |"
+        )
+
+
+def _pct(sorted_vals: list[int], q: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    i = min(len(sorted_vals) - 1, int(q * len(sorted_vals)))
+    return sorted_vals[i] / 1000.0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its threads, from /proc (seconds)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def prepare(endpoint: str, read_key: str = "bench-read", value_size: int = 256) -> None:
+    with grpc.insecure_channel(endpoint) as ch:
+        rpc_pb2_grpc.KVStub(ch).Put(rpc_pb2.PutRequest(key=read_key.encode(), value=os.urandom(value_size)), timeout=10)
+
+
+def run_load(
+    db: str,
+    endpoint: str,
+    op: str,
+    clients: int,
+    duration: float,
+    procs: int,
+    server_pid: int | None = None,
+    key_size: int = 8,
+    value_size: int = 256,
+) -> Result:
+    procs = max(1, min(procs, clients))
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    start_at = time.time() + 1.5
+    workers = []
+    for i, n in enumerate(per):
+        cmd = [
+            sys.executable, "-m", "bench.loadworker", "--endpoint", endpoint, "--op", op,
+            "--clients", str(n), "--conns", str(max(1, min(n, 8))), "--duration", str(duration),
+            "--key-size", str(key_size), "--value-size", str(value_size), "--seed", str(i + 1),
+            "--start-at", str(start_at),
+        ]
+        workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    outs = []
+    for w in workers:
+        out, err = w.communicate(timeout=duration + 60)
+        if w.returncode != 0:
+            raise RuntimeError(f"load worker failed: {err.strip()[-500:]}")
+        outs.append(json.loads(out))
+    cpu1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    lat = sorted(x for o in outs for x in o["lat"])
+    ops = sum(o["ops"] for o in outs)
+    secs = max(o["elapsed"] for o in outs)
+    return Result(
+        db=db, op=op, clients=clients, procs=procs, ops=ops, errors=sum(o["errors"] for o in outs),
+        seconds=secs, rate=ops / secs if secs else 0.0,
+        p50_ms=_pct(lat, 0.5), p90_ms=_pct(lat, 0.9), p99_ms=_pct(lat, 0.99), max_ms=(lat[-1] / 1000 if lat else 0),
+        generator_cpu_s=sum(o["cpu"] for o in outs), server_cpu_s=cpu1 - cpu0,
+    )
+
+
+def results_json(results: list[Result]) -> str:
+    return json.dumps([asdict(r) for r in results], indent=2)
+
+
+TABLE_HEAD = (
+    "| db | op | clients | ops/s | p50 ms | p99 ms | errors | generator CPU (cores) | server CPU (cores) |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def run_h2load_load(
+    db: str,
+    endpoint: str,
+    metrics_url: str,
+    op: str,
+    clients: int,
+    duration: float,
+    server_pid: int | None = None,
+    value_size: int = 256,
+) -> Result:
+    """The same measurement with h2load as the generator; outcomes checked on the server's metrics."""
+    from bench import h2load
+
+    path, frame = h2load.request_for(op, b"bench-key", value_size, b"bench-read")
+    method = path.rsplit("/", 1)[1]
+    before = h2load.handled(metrics_url, method)
+    cpu0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    r = h2load.run(endpoint, path, frame, clients, duration)
+    cpu1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
+    time.sleep(0.5)  # the server counts a call after answering it
+    after = h2load.handled(metrics_url, method)
+    ok = after.get("OK", 0.0) - before.get("OK", 0.0)
+    errors = sum(after.values()) - sum(before.values()) - ok
+    # h2load counts every HTTP 200; gRPC failures are also HTTP 200, so trust the server's OK count
+    good = min(r.requests, int(ok))
+    lat = r.latencies_us
+    return Result(
+        db=db, op=op, clients=clients, procs=1, ops=good, errors=int(errors) + max(0, r.requests - good - int(errors)),
+        seconds=r.seconds, rate=good / r.seconds if r.seconds else 0.0,
+        p50_ms=_pct(lat, 0.5), p90_ms=_pct(lat, 0.9), p99_ms=_pct(lat, 0.99), max_ms=(lat[-1] / 1000 if lat else 0),
+        generator_cpu_s=r.cpu_s, server_cpu_s=cpu1 - cpu0,
+    )
