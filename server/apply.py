@@ -46,6 +46,7 @@ def decode_lease(raw: bytes) -> tuple[int, int]:
 class CompactionJob:
     rev: int
     keep: set[Revision]
+    physical: bool = False  # the client waits for the deletion, not just the compaction point
 
 
 class Applier:
@@ -157,7 +158,7 @@ class Applier:
             keep = self.store.compact(r.revision)
         except (CompactedError, FutureRevError) as e:
             raise mvcc_error(e) from None
-        self.compaction_jobs.append(CompactionJob(r.revision, keep))
+        self.compaction_jobs.append(CompactionJob(r.revision, keep, r.physical))
         return pb.CompactionResponse(header=pb.ResponseHeader(revision=self.store.current_rev))
 
     def _lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:

@@ -48,6 +48,7 @@ class Backend:
         self._pending: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}
         self._committing: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}
         self._pending_count = 0
+        self._pending_bytes = 0  # bytes put since the last commit (not yet in the file)
         self._last_commit = time.monotonic()
         self._size = -1  # cached file size; -1 = recompute (it only changes on commit)
         self._env, self._dbs = self._open()
@@ -73,6 +74,7 @@ class Backend:
         with self._mu:
             self._pending[bucket][key] = value
             self._pending_count += 1
+            self._pending_bytes += len(key) + len(value)
 
     def delete(self, bucket: bytes, key: bytes) -> None:
         with self._mu:
@@ -108,6 +110,7 @@ class Backend:
                     return
                 self._committing, self._pending = self._pending, {b: {} for b in BUCKETS}
                 self._pending_count = 0
+                self._pending_bytes = 0
             t0 = time.monotonic()
             with self._env.begin(write=True) as txn:
                 for bucket, items in self._committing.items():
@@ -214,6 +217,10 @@ class Backend:
             info = self._env.info()
             self._size = (info["last_pgno"] + 1) * self._env.stat()["psize"]
         return self._size
+
+    def size_with_pending(self) -> int:
+        """The file size plus what the pending batch will add: what quota checks must see."""
+        return self.size() + self._pending_bytes
 
     def size_in_use(self) -> int:
         """Bytes held by live pages; the rest is free space that defragment gives back."""

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Iterator
 
+import google_crc32c
+
 from server import errors
 from server.apply import LEASE_BUCKET, Applier, CompactionJob, _has_put, decode_lease
 from server.backend import Backend
@@ -43,28 +45,6 @@ CLUSTER_BUCKET = b"cluster"
 _METADATA = struct.Struct(">QQ")  # member id, cluster id (the WAL's metadata record)
 SNAPSHOT_CHUNK = 32 * 1024
 QUOTA_OVERHEAD = 256  # bytes charged per write on top of its size, for index and page overhead
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C (Castagnoli), the checksum etcd's HashKV uses (zlib only has the IEEE one)."""
-    t = _CRC32C_TABLE
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 class StartupError(Exception):
@@ -267,14 +247,23 @@ class EtcdServer:
                 results.append((e, self.applier.apply(e.Index, e.Term, e.Data)))
             self.applied.notify_all()
         jobs, self.applier.compaction_jobs = self.applier.compaction_jobs, []
-        for job in jobs:
-            self._run_compaction(job)
         self.metrics.proposals_committed.set(self.log.committed_index)
         self.metrics.proposals_applied.set(self.applier.applied_index)
+        # a physical compaction is answered once its revisions are gone; everything else now
+        physical = any(j.physical for j in jobs)
+        held = []
         for e, (rid, res) in results:
             w = self._waiters.pop(rid, None) if rid else None
-            if w is not None:
+            if w is None:
+                continue
+            if physical and isinstance(res, pb.CompactionResponse):
+                held.append((w, res))
+            else:
                 w.set(res)
+        for job in jobs:
+            self._run_compaction(job)
+        for w, res in held:
+            w.set(res)
 
     def _after_batch(self) -> None:
         if self.backend.commit_due():
@@ -350,7 +339,7 @@ class EtcdServer:
         """capped: refused while NOSPACE is raised (etcd lets a txn without puts through)."""
         if capped and self.applier.nospace():
             raise errors.NO_SPACE
-        if self.backend.size() + cost + QUOTA_OVERHEAD > self.cfg.quota_backend_bytes:
+        if self.backend.size_with_pending() + cost + QUOTA_OVERHEAD > self.cfg.quota_backend_bytes:
             log.warning("backend quota of %d bytes exhausted: raising the NOSPACE alarm", self.cfg.quota_backend_bytes)
             try:
                 self._propose(
@@ -483,15 +472,16 @@ class EtcdServer:
                 raise errors.FUTURE_REV
             rev = rev or self.store.current_rev
             keep: set = set()
-            for ki in self.store.index.values():
-                ki.keep(rev, keep)
-            h = crc32c(b"key")
-            for k, v in self.backend.iter_revs(main_rev_prefix(0), main_rev_prefix(rev + 1)):
-                if keep:
-                    kr = bytes_to_rev(k)
-                    if kr.main <= compact and kr not in keep:
-                        continue
-                h = crc32c(v, crc32c(k, h))
+            h = google_crc32c.value(b"key")
+            if rev > 0:  # a negative revision hashes no entries, as in etcd
+                for ki in self.store.index.values():
+                    ki.keep(rev, keep)
+                for k, v in self.backend.iter_revs(main_rev_prefix(0), main_rev_prefix(rev + 1)):
+                    if keep:
+                        kr = bytes_to_rev(k)
+                        if kr.main <= compact and kr not in keep:
+                            continue
+                    h = google_crc32c.extend(google_crc32c.extend(h, k), v)
             return self._fill(
                 pb.HashKVResponse(
                     header=pb.ResponseHeader(),

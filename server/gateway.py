@@ -110,6 +110,48 @@ def _known_fields(obj: object, desc) -> object:
     return out
 
 
+# path -> (grpc_type, service, method), for metrics and for telling 404 from 405
+RPC_NAMES: dict[str, tuple[str, str, str]] = {
+    "/v3/kv/range": ("unary", "etcdserverpb.KV", "Range"),
+    "/v3/kv/put": ("unary", "etcdserverpb.KV", "Put"),
+    "/v3/kv/deleterange": ("unary", "etcdserverpb.KV", "DeleteRange"),
+    "/v3/kv/txn": ("unary", "etcdserverpb.KV", "Txn"),
+    "/v3/kv/compaction": ("unary", "etcdserverpb.KV", "Compact"),
+    "/v3/watch": ("bidi_stream", "etcdserverpb.Watch", "Watch"),
+    "/v3/lease/grant": ("unary", "etcdserverpb.Lease", "LeaseGrant"),
+    "/v3/lease/revoke": ("unary", "etcdserverpb.Lease", "LeaseRevoke"),
+    "/v3/kv/lease/revoke": ("unary", "etcdserverpb.Lease", "LeaseRevoke"),
+    "/v3/lease/keepalive": ("bidi_stream", "etcdserverpb.Lease", "LeaseKeepAlive"),
+    "/v3/lease/timetolive": ("unary", "etcdserverpb.Lease", "LeaseTimeToLive"),
+    "/v3/kv/lease/timetolive": ("unary", "etcdserverpb.Lease", "LeaseTimeToLive"),
+    "/v3/lease/leases": ("unary", "etcdserverpb.Lease", "LeaseLeases"),
+    "/v3/kv/lease/leases": ("unary", "etcdserverpb.Lease", "LeaseLeases"),
+    "/v3/maintenance/status": ("unary", "etcdserverpb.Maintenance", "Status"),
+    "/v3/maintenance/alarm": ("unary", "etcdserverpb.Maintenance", "Alarm"),
+    "/v3/maintenance/defragment": ("unary", "etcdserverpb.Maintenance", "Defragment"),
+    "/v3/maintenance/hash": ("unary", "etcdserverpb.Maintenance", "Hash"),
+    "/v3/maintenance/hashkv": ("unary", "etcdserverpb.Maintenance", "HashKV"),
+    "/v3/maintenance/snapshot": ("server_stream", "etcdserverpb.Maintenance", "Snapshot"),
+    "/v3/maintenance/transfer-leadership": ("unary", "etcdserverpb.Maintenance", "MoveLeader"),
+    "/v3/cluster/member/list": ("unary", "etcdserverpb.Cluster", "MemberList"),
+    "/v3/auth/status": ("unary", "etcdserverpb.Auth", "AuthStatus"),
+    "/v3/lock/lock": ("unary", "v3lockpb.Lock", "Lock"),
+    "/v3/lock/unlock": ("unary", "v3lockpb.Lock", "Unlock"),
+    "/v3/election/campaign": ("unary", "v3electionpb.Election", "Campaign"),
+    "/v3/election/proclaim": ("unary", "v3electionpb.Election", "Proclaim"),
+    "/v3/election/leader": ("unary", "v3electionpb.Election", "Leader"),
+    "/v3/election/observe": ("server_stream", "v3electionpb.Election", "Observe"),
+    "/v3/election/resign": ("unary", "v3electionpb.Election", "Resign"),
+}
+
+
+def _rpc_path(path: str) -> str:
+    """etcd 3.4 serves the gateway under /v3/ and /v3beta/ alike."""
+    if path.startswith("/v3beta/"):
+        return "/v3/" + path[len("/v3beta/") :]
+    return path
+
+
 def parse_requests(body: bytes, cls: type) -> list[Message]:
     """One or more JSON objects (newline-delimited, as grpc-gateway streams take them)."""
     text = body.decode("utf-8", errors="strict").strip()
@@ -191,9 +233,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     # ------------------------------------------------------------ verbs
+    def _not_allowed(self) -> None:
+        self._send_json(405, {"error": "Method Not Allowed", "code": 12, "message": "Method Not Allowed"})
+
+    def _not_found(self) -> None:
+        self._send_json(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/health" or path == "/livez" or path == "/readyz":
+        if _rpc_path(path) in RPC_NAMES:
+            self._not_allowed()
+        elif path == "/health" or path == "/livez" or path == "/readyz":
             ok, reason = self.srv.is_healthy()
             self._send_json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
         elif path == "/metrics":
@@ -201,15 +251,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/version" and not self.metrics_only:
             self._send_json(200, {"etcdserver": API_VERSION, "etcdcluster": API_VERSION})
         else:
-            self._send_json(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+            self._not_found()
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
 
     def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path.startswith("/v3beta/"):
-            path = "/v3/" + path[len("/v3beta/") :]
-        if self.metrics_only:
-            self._send_json(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+        path = _rpc_path(self.path.split("?", 1)[0])
+        if path in ("/health", "/livez", "/readyz", "/metrics", "/version"):
+            self._not_allowed()
             return
+        if self.metrics_only or path not in RPC_NAMES:
+            self._not_found()
+            return
+        kind, service, method = RPC_NAMES[path]
+        code = "OK"
+        try:
+            self._post(path)
+        except EtcdError as e:
+            code = e.code.name  # already answered
+        finally:
+            # the gateway's calls count as the gRPC calls they stand for, as in etcd
+            self.srv.metrics.count_call(kind, service, method, code)
+
+    def _post(self, path: str) -> None:
         try:
             body = self._body()
             if path in UNARY:
@@ -232,16 +296,21 @@ class _Handler(BaseHTTPRequestHandler):
                 req = parse_requests(body, elpb.LeaderRequest)[0]
                 self._stream(concurrency.observe(self.srv, req, self._alive))
             else:
-                self._send_json(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+                self._not_found()
         except EtcdError as e:
             self._send_error(e)
+            raise
         except (json_format.ParseError, ValueError, UnicodeDecodeError) as e:
-            self._send_error(EtcdError(Code.INVALID_ARGUMENT, f"bad request body: {e}"))
+            err = EtcdError(Code.INVALID_ARGUMENT, f"bad request body: {e}")
+            self._send_error(err)
+            raise err from None
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:  # noqa: BLE001 - never let one request take the server down
             log.exception("gateway %s failed", path)
-            self._send_error(EtcdError(Code.UNKNOWN, f"etcdproof: internal error: {e!r}"))
+            err = EtcdError(Code.UNKNOWN, f"etcdproof: internal error: {e!r}")
+            self._send_error(err)
+            raise err from None
 
     def _alive(self) -> bool:
         return not _peer_closed(self.connection)

@@ -17,6 +17,7 @@ import grpc
 
 from server import concurrency, errors
 from server.errors import EtcdError
+from server.metrics import grpc_code_label
 from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from server.proto.v3electionpb import v3election_pb2_grpc
 from server.proto.v3lockpb import v3lock_pb2_grpc
@@ -35,13 +36,6 @@ def _status(e: EtcdError) -> grpc.StatusCode:
     return grpc.StatusCode[e.code.name]
 
 
-def _code_label(code: str) -> str:
-    """grpc_code label as etcd's go-grpc-prometheus writes it: Go's names ("InvalidArgument")."""
-    if code == "CANCELLED":
-        return "Canceled"
-    return "".join(part.capitalize() for part in code.split("_")) if code != "OK" else "OK"
-
-
 def rpc(service: str, kind: str = "unary") -> Callable:
     """Wrap a handler: count it, map errors to gRPC status."""
 
@@ -57,7 +51,7 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                 try:
                     resp = fn(self, request, context)
                 except EtcdError as e:
-                    m.grpc_handled.labels("unary", service, method, _code_label(_status(e).name)).inc()
+                    m.grpc_handled.labels("unary", service, method, grpc_code_label(_status(e).name)).inc()
                     context.abort(_status(e), e.message)
                 except Exception as e:  # noqa: BLE001 - the server must survive any input
                     log.exception("%s.%s failed", service, method)
@@ -84,7 +78,7 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                     code = "UNKNOWN"
                     context.abort(grpc.StatusCode.UNKNOWN, f"etcdproof: internal error: {e!r}")
             finally:
-                m.grpc_handled.labels(kind, service, method, _code_label(code)).inc()
+                m.grpc_handled.labels(kind, service, method, grpc_code_label(code)).inc()
 
         return stream
 

@@ -19,6 +19,15 @@ from prometheus_client import (
 _DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
 
 
+def grpc_code_label(code_name: str) -> str:
+    """grpc_code label as etcd's go-grpc-prometheus writes it: Go's names ("InvalidArgument")."""
+    if code_name == "CANCELLED":
+        return "Canceled"
+    if code_name == "OK":
+        return "OK"
+    return "".join(part.capitalize() for part in code_name.split("_"))
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -76,6 +85,11 @@ class Metrics:
             "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.", registry=r
         )
         self.leases = Gauge("etcdproof_leases", "Number of live leases.", registry=r)
+
+    def count_call(self, kind: str, service: str, method: str, code_name: str) -> None:
+        """One finished RPC (gRPC or through the gateway): started and handled counters."""
+        self.grpc_started.labels(kind, service, method).inc()
+        self.grpc_handled.labels(kind, service, method, grpc_code_label(code_name)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

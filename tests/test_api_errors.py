@@ -279,9 +279,7 @@ def test_keepalive_of_missing_lease_answers_ttl_zero(pair: tuple[Client, Client]
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param("reference", marks=pytest.mark.xfail(
-        strict=True, reason="HashKV with a negative revision fails with UNKNOWN (struct.error in hash_kv); "
-                            "etcd answers it like revision 0 would be answered for an empty range")),
+    "reference",
     "etcd",
 ])
 def test_hashkv_negative_revision_is_answered(member_factory: Callable[..., LocalMember], kind: str) -> None:

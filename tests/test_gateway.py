@@ -343,9 +343,7 @@ def test_metrics_disk_histograms_and_grpc_counts(servers: tuple[LocalMember, Loc
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param("reference", marks=pytest.mark.xfail(
-        strict=True, reason="the reference gateway calls the server directly, so gateway requests do not "
-                            "show in grpc_server_* metrics; etcd's gateway is a gRPC client of itself")),
+    "reference",
     "etcd",
 ])
 def test_gateway_requests_count_as_grpc_requests(servers: tuple[LocalMember, LocalMember], kind: str) -> None:
@@ -396,9 +394,7 @@ def test_error_bodies_match_etcd(servers: tuple[LocalMember, LocalMember]) -> No
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param("reference", marks=pytest.mark.xfail(
-        strict=True, reason="the reference gateway answers 404 for a known path with the wrong method; "
-                            "etcd's grpc-gateway answers 405 Method Not Allowed")),
+    "reference",
     "etcd",
 ])
 def test_wrong_method_is_405(servers: tuple[LocalMember, LocalMember], kind: str) -> None:
