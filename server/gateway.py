@@ -1,26 +1,26 @@
 """The HTTP/JSON gateway, /health, /metrics and /version, in the form etcd's grpc-gateway uses.
 
 POST /v3/<service>/<method> with a JSON body of the gRPC request (bytes fields base64, 64-bit
-integers as strings, field names as in the .proto); the response is the gRPC response in the
-same JSON form, with default values left out. Streams (watch, lease keep-alive, snapshot,
-election observe) answer with one {"result": ...} object per line, chunked. Errors answer with
-the HTTP status grpc-gateway maps the gRPC code to, and {"error", "code", "message"}.
+integers as strings, field names as in the .proto or camelCase); the response is the gRPC
+response in the same JSON form, with default values left out. Streams (watch, lease keep-alive,
+snapshot, election observe) answer with one {"result": ...} object per line, chunked. Errors
+answer with the HTTP status grpc-gateway maps the gRPC code to, and {"error", "code", "message"};
+a known path with the wrong method gets 405. Gateway calls count in the grpc_server_* metrics
+as the gRPC calls they stand for, as etcd's gateway (a gRPC client of its own server) does.
 
-It is served on its own listener (--listen-client-http-urls, and /health and /metrics also on
---listen-metrics-urls): grpcio owns the gRPC port and cannot share it with HTTP/1.1.
+It runs on the server's event loop (aiohttp) on its own listener, --listen-client-http-urls
+(and /health and /metrics also on --listen-metrics-urls): grpcio owns the gRPC port and cannot
+share it with HTTP/1.1.
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
-import queue
-import select
-import socket
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
+from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etcdproof.gateway")
 pb = rpc_pb2
+GATEWAY_OVERHEAD = 512 * 1024
 
 # grpc-gateway's mapping of gRPC codes to HTTP statuses
 HTTP_STATUS = {
@@ -175,207 +176,194 @@ def parse_requests(body: bytes, cls: type) -> list[Message]:
     return out
 
 
-def _peer_closed(sock: socket.socket) -> bool:
+
+_JSON = "application/json"
+_PLAIN_PATHS = ("/health", "/livez", "/readyz", "/metrics", "/version")
+
+
+def _json_response(status: int, obj: object) -> web.Response:
+    return web.Response(status=status, body=json.dumps(obj, separators=(",", ":")).encode(), content_type=_JSON)
+
+
+def _error_response(e: EtcdError) -> web.Response:
+    return _json_response(HTTP_STATUS.get(e.code, 500), {"error": e.message, "code": int(e.code), "message": e.message})
+
+
+def _not_found() -> web.Response:
+    return _json_response(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
+
+
+def _not_allowed() -> web.Response:
+    return _json_response(405, {"error": "Method Not Allowed", "code": 12, "message": "Method Not Allowed"})
+
+
+def _closed(request: web.Request) -> bool:
+    t = request.transport
+    return t is None or t.is_closing()
+
+
+async def _while_connected(request: web.Request, aw: Awaitable) -> object:
+    """Await aw, cancelling it if the client hangs up (lock and campaign wait indefinitely)."""
+    task = asyncio.ensure_future(aw)
     try:
-        r, _, _ = select.select([sock], [], [], 0)
-        if not r:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if _closed(request):
+                task.cancel()
+                raise EtcdError(Code.CANCELLED, "context canceled")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "etcdproof-gateway"
-    srv: "EtcdServer"
-    metrics_only: bool
+class Gateway:
+    def __init__(self, srv: "EtcdServer", metrics_only: bool = False) -> None:
+        self.srv = srv
+        self.metrics_only = metrics_only
 
-    def log_message(self, fmt: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), fmt % args)
-
-    # --------------------------------------------------------- plumbing
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_json(self, status: int, obj: object) -> None:
-        self._send(status, json.dumps(obj, separators=(",", ":")).encode())
-
-    def _send_error(self, e: EtcdError) -> None:
-        self._send_json(HTTP_STATUS.get(e.code, 500), {"error": e.message, "code": int(e.code), "message": e.message})
-
-    def _start_stream(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-
-    def _chunk(self, obj: object) -> None:
-        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _end_stream(self) -> None:
-        try:
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except OSError:
-            pass
-
-    def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n > self.srv.cfg.max_request_bytes + 512 * 1024:
-            raise errors.REQUEST_TOO_LARGE
-        return self.rfile.read(n) if n else b""
-
-    # ------------------------------------------------------------ verbs
-    def _not_allowed(self) -> None:
-        self._send_json(405, {"error": "Method Not Allowed", "code": 12, "message": "Method Not Allowed"})
-
-    def _not_found(self) -> None:
-        self._send_json(404, {"error": "Not Found", "code": 5, "message": "Not Found"})
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if _rpc_path(path) in RPC_NAMES:
-            self._not_allowed()
-        elif path == "/health" or path == "/livez" or path == "/readyz":
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = _rpc_path(request.path)
+        if request.method == "POST":
+            if path in _PLAIN_PATHS:
+                return _not_allowed()
+            if self.metrics_only or path not in RPC_NAMES:
+                return _not_found()
+            return await self._rpc(request, path)
+        if path in RPC_NAMES:
+            return _not_allowed()
+        if request.method not in ("GET", "HEAD"):
+            return _not_found()
+        if path in ("/health", "/livez", "/readyz"):
             ok, reason = self.srv.is_healthy()
-            self._send_json(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
-        elif path == "/metrics":
-            self._send(200, self.srv.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/version" and not self.metrics_only:
-            self._send_json(200, {"etcdserver": API_VERSION, "etcdcluster": API_VERSION})
-        else:
-            self._not_found()
+            return _json_response(200 if ok else 503, {"health": "true" if ok else "false", "reason": reason})
+        if path == "/metrics":
+            return web.Response(body=self.srv.metrics.exposition(),
+                                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        if path == "/version" and not self.metrics_only:
+            return _json_response(200, {"etcdserver": API_VERSION, "etcdcluster": API_VERSION})
+        return _not_found()
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
-
-    def do_POST(self) -> None:
-        path = _rpc_path(self.path.split("?", 1)[0])
-        if path in ("/health", "/livez", "/readyz", "/metrics", "/version"):
-            self._not_allowed()
-            return
-        if self.metrics_only or path not in RPC_NAMES:
-            self._not_found()
-            return
+    async def _rpc(self, request: web.Request, path: str) -> web.StreamResponse:
         kind, service, method = RPC_NAMES[path]
         code = "OK"
         try:
-            self._post(path)
+            n = request.content_length or 0
+            if n > self.srv.cfg.max_request_bytes + GATEWAY_OVERHEAD:
+                raise errors.REQUEST_TOO_LARGE
+            body = await request.read()
+            return await self._dispatch(request, path, body)
         except EtcdError as e:
-            code = e.code.name  # already answered
-        finally:
-            # the gateway's calls count as the gRPC calls they stand for, as in etcd
-            self.srv.metrics.count_call(kind, service, method, code)
-
-    def _post(self, path: str) -> None:
-        try:
-            body = self._body()
-            if path in UNARY:
-                cls, fn = UNARY[path]
-                req = parse_requests(body, cls)[0]
-                self._send_json(200, to_json(fn(self.srv, req)))
-            elif path == "/v3/watch":
-                self._watch(parse_requests(body, pb.WatchRequest))
-            elif path == "/v3/lease/keepalive":
-                self._stream(self._keepalive(parse_requests(body, pb.LeaseKeepAliveRequest)))
-            elif path == "/v3/maintenance/snapshot":
-                self._stream(self.srv.snapshot())
-            elif path == "/v3/lock/lock":
-                req = parse_requests(body, lockpb.LockRequest)[0]
-                self._send_json(200, to_json(concurrency.lock(self.srv, req, self._alive)))
-            elif path == "/v3/election/campaign":
-                req = parse_requests(body, elpb.CampaignRequest)[0]
-                self._send_json(200, to_json(concurrency.campaign(self.srv, req, self._alive)))
-            elif path == "/v3/election/observe":
-                req = parse_requests(body, elpb.LeaderRequest)[0]
-                self._stream(concurrency.observe(self.srv, req, self._alive))
-            else:
-                self._not_found()
-        except EtcdError as e:
-            self._send_error(e)
-            raise
+            code = e.code.name
+            return _error_response(e)
         except (json_format.ParseError, ValueError, UnicodeDecodeError) as e:
-            err = EtcdError(Code.INVALID_ARGUMENT, f"bad request body: {e}")
-            self._send_error(err)
-            raise err from None
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+            code = "INVALID_ARGUMENT"
+            return _error_response(EtcdError(Code.INVALID_ARGUMENT, f"bad request body: {e}"))
+        except (ConnectionResetError, asyncio.CancelledError):
+            code = "CANCELLED"
+            raise
         except Exception as e:  # noqa: BLE001 - never let one request take the server down
             log.exception("gateway %s failed", path)
-            err = EtcdError(Code.UNKNOWN, f"etcdproof: internal error: {e!r}")
-            self._send_error(err)
-            raise err from None
+            code = "UNKNOWN"
+            return _error_response(EtcdError(Code.UNKNOWN, f"etcdproof: internal error: {e!r}"))
+        finally:
+            self.srv.metrics.count_call(kind, service, method, code)
 
-    def _alive(self) -> bool:
-        return not _peer_closed(self.connection)
+    async def _dispatch(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
+        srv = self.srv
+        if path in UNARY:
+            cls, fn = UNARY[path]
+            res = fn(srv, parse_requests(body, cls)[0])
+            if inspect.isawaitable(res):
+                res = await res
+            return _json_response(200, to_json(res))
+        if path == "/v3/watch":
+            return await self._watch(request, parse_requests(body, pb.WatchRequest))
+        if path == "/v3/lease/keepalive":
+            reqs = parse_requests(body, pb.LeaseKeepAliveRequest)
+            return await self._stream(request, self._keepalive(reqs))
+        if path == "/v3/maintenance/snapshot":
+            return await self._stream(request, srv.snapshot())
+        if path == "/v3/lock/lock":
+            req = parse_requests(body, lockpb.LockRequest)[0]
+            return _json_response(200, to_json(await _while_connected(request, concurrency.lock(srv, req))))
+        if path == "/v3/election/campaign":
+            req = parse_requests(body, elpb.CampaignRequest)[0]
+            return _json_response(200, to_json(await _while_connected(request, concurrency.campaign(srv, req))))
+        if path == "/v3/election/observe":
+            req = parse_requests(body, elpb.LeaderRequest)[0]
+            return await self._stream(request, concurrency.observe(srv, req))
+        return _not_found()
 
-    def _keepalive(self, reqs: list[Message]) -> Iterator[Message]:
+    async def _keepalive(self, reqs: list[Message]) -> AsyncIterator[Message]:
         for r in reqs:
             yield pb.LeaseKeepAliveResponse(header=self.srv.header(), ID=r.ID, TTL=self.srv.lease_renew(r.ID))
 
-    def _stream(self, it: Iterator[Message]) -> None:
-        first = True
-        try:
-            for msg in it:
-                if first:
-                    self._start_stream()
-                    first = False
-                self._chunk({"result": to_json(msg)})
-        except EtcdError as e:
-            if first:
-                raise
-            self._chunk({"error": {"grpc_code": int(e.code), "http_code": HTTP_STATUS.get(e.code, 500),
-                                   "message": e.message, "http_status": ""}})
-        if first:
-            self._start_stream()
-        self._end_stream()
-        self.close_connection = True
+    @staticmethod
+    async def _start(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": _JSON})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        return resp
 
-    def _watch(self, reqs: list[Message]) -> None:
+    @staticmethod
+    async def _chunk(resp: web.StreamResponse, obj: object) -> None:
+        await resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    async def _stream(self, request: web.Request, it: AsyncIterator[Message]) -> web.StreamResponse:
+        resp: web.StreamResponse | None = None
+        try:
+            async for msg in it:
+                if _closed(request):
+                    break
+                if resp is None:
+                    resp = await self._start(request)
+                await self._chunk(resp, {"result": to_json(msg)})
+        except EtcdError as e:
+            if resp is None:
+                raise
+            await self._chunk(resp, {"error": {"grpc_code": int(e.code), "http_code": HTTP_STATUS.get(e.code, 500),
+                                               "message": e.message, "http_status": ""}})
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if resp is None:
+            resp = await self._start(request)
+        await resp.write_eof()
+        return resp
+
+    async def _watch(self, request: web.Request, reqs: list[Message]) -> web.StreamResponse:
         session = WatchSession(self.srv)
         try:
             for r in reqs:
                 session.handle(r)
-            self._start_stream()
-            while True:
+            resp = await self._start(request)
+            while not _closed(request):
                 try:
-                    resp = session.sink.q.get(timeout=0.5)
-                except queue.Empty:
-                    if _peer_closed(self.connection):
-                        break
+                    item = await asyncio.wait_for(session.sink.q.get(), 0.5)
+                except asyncio.TimeoutError:
                     continue
-                if resp is None:
+                if item is None:
                     break
-                self._chunk({"result": to_json(resp)})
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass
+                await self._chunk(resp, {"result": to_json(item)})
+            return resp
         finally:
             session.close()
-            self.close_connection = True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-
-def build_http_server(srv: "EtcdServer", host: str, port: int, metrics_only: bool = False) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"srv": srv, "metrics_only": metrics_only})
+async def start_http(srv: "EtcdServer", host: str, port: int, metrics_only: bool = False) -> web.AppRunner:
+    """Serve the gateway (or only /health and /metrics) on host:port, on the running loop."""
+    gw = Gateway(srv, metrics_only)
+    app = web.Application(client_max_size=srv.cfg.max_request_bytes + 4 * GATEWAY_OVERHEAD)
+    app.router.add_route("*", "/{tail:.*}", gw.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
-        httpd = _Server((host, port), handler)
+        await site.start()
     except OSError as e:
+        await runner.cleanup()
         raise OSError(f"cannot listen for HTTP on {host}:{port}: {e.strerror}") from None
-    return httpd
-
-
-def serve_in_thread(httpd: ThreadingHTTPServer, name: str) -> threading.Thread:
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True)
-    t.start()
-    return t
+    return runner

@@ -1,10 +1,10 @@
 """etcdproof-server: start the reference etcd server with etcd's flags; stop cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
-import threading
 
 from server.config import Config, parse_config
 from server.etcdserver import EtcdServer, StartupError
@@ -13,8 +13,8 @@ log = logging.getLogger("etcdproof.main")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
 
-def run(cfg: Config) -> int:
-    from server.gateway import build_http_server, serve_in_thread
+async def serve(cfg: Config) -> int:
+    from server.gateway import start_http
     from server.grpc_api import build_grpc_server
 
     try:
@@ -23,45 +23,48 @@ def run(cfg: Config) -> int:
         log.error("%s", e)
         print(f"etcdproof-server: {e}", file=sys.stderr)
         return 1
-    http_servers = []
+    runners = []
     try:
         grpc_server = build_grpc_server(srv, [u.hostport for u in cfg.listen_client_urls])
         for u in cfg.listen_client_http_urls:
-            http_servers.append(build_http_server(srv, u.host, u.port))
+            runners.append(await start_http(srv, u.host, u.port))
         for u in cfg.listen_metrics_urls:
-            http_servers.append(build_http_server(srv, u.host, u.port, metrics_only=True))
+            runners.append(await start_http(srv, u.host, u.port, metrics_only=True))
     except OSError as e:
         print(f"etcdproof-server: {e}", file=sys.stderr)
-        srv.stop()
+        for r in runners:
+            await r.cleanup()
+        await srv.stop()
         return 1
-    srv.start()
-    grpc_server.start()
-    for h in http_servers:
-        serve_in_thread(h, f"http-{h.server_address[1]}")
+    await srv.start()
+    await grpc_server.start()
     log.info(
         "ready to serve clients: grpc on %s%s",
         ",".join(str(u) for u in cfg.listen_client_urls),
         "; http on " + ",".join(str(u) for u in cfg.listen_client_http_urls) if cfg.listen_client_http_urls else "",
     )
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        log.info("received signal %d, shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (log.info("received signal %d, shutting down", s), stop.set()))
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
         if srv.fatal is not None:
             log.critical("fatal error, exiting: %r", srv.fatal)
             break
-    grpc_server.stop(grace=1).wait(2)
-    for h in http_servers:
-        h.shutdown()
-        h.server_close()
-    srv.stop()
+    await grpc_server.stop(grace=1)
+    for r in runners:
+        await r.cleanup()
+    await srv.stop()
     log.info("stopped")
     return 2 if srv.fatal is not None else 0
+
+
+def run(cfg: Config) -> int:
+    return asyncio.run(serve(cfg))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,28 +1,32 @@
 """The log a single-member cluster commits through: persist, fsync, then apply.
 
-An entry is committed once it is fsynced in the local WAL (a quorum of one). Two threads
-pipeline the work: the persist thread appends every proposal waiting in the queue to the WAL
-and fsyncs them together (group commit: one fsync for many requests), then hands the batch to
-the apply thread, which applies it while the next batch is being persisted. Raft replaces this
-module for multi-member clusters; the server above it only sees propose() and the apply callback.
+An entry is committed once it is fsynced in the local WAL (a quorum of one). The log runs on
+the server's event loop; the WAL write and fdatasync run on one dedicated thread (fsync
+releases the GIL, so the loop keeps serving meanwhile). Group commit falls out of the loop:
+everything proposed while one batch is being written goes into the next write, and the next
+write starts before the previous batch is applied, so fsync and apply overlap. Raft replaces
+this module for multi-member clusters; the server above it sees propose() and the callback.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from server.proto.raftpb import raft_pb2
-from server.wal import WAL, WalSnapshot
+from server.wal import WAL, WalSnapshot, encode_batch
 
 log = logging.getLogger("etcdproof.node")
 
 Entry = raft_pb2.Entry
 HardState = raft_pb2.HardState
 
-MAX_BATCH = 4096
+MAX_BATCH = 8192
+
+
+class LogStopped(Exception):
+    pass
 
 
 class LocalLog:
@@ -31,124 +35,92 @@ class LocalLog:
         wal: WAL,
         member_id: int,
         term: int,
-        apply_batch: Callable[[list[Entry]], None],
-        idle: Callable[[], None],
+        on_committed: Callable[[list[Entry]], None],
     ) -> None:
         self.wal = wal
         self.member_id = member_id
         self.term = term
         self.last_index = wal.last_index
         self.committed_index = wal.last_index
-        self._apply_batch = apply_batch
-        self._idle = idle
-        self._proposals: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._to_apply: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
-        self._snapshot_req: WalSnapshot | None = None
-        self._mu = threading.Lock()
-        self._stopped = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._on_committed = on_committed
+        self._pending: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
+        self._task: asyncio.Task | None = None
+        self._stopping = False
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = lambda e: None
 
     def start(self) -> None:
-        # a new term at every start, as a fresh election would give, persisted before use
+        # a new term at every start, as a fresh election would give, durable before use
         self.wal.save(HardState(term=self.term, vote=self.member_id, commit=self.committed_index), [])
         self.wal.sync()
-        for name, fn in (("persist", self._persist_loop), ("apply", self._apply_loop)):
-            t = threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="log")
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def propose(self, data: bytes) -> None:
+        if self._stopping or self.fatal is not None:
+            raise LogStopped()
+        self._pending.append(data)
+        self._wake.set()
+
+    def _write(self, data: bytes, last_index: int, hs: HardState) -> None:
+        """On the WAL thread: append and make durable (syscalls only: the GIL stays free)."""
+        self.wal.append(data, last_index, hs)
+        self.wal.sync()
+
+    def _start_write(self) -> tuple[asyncio.Future, list[Entry]] | None:
+        if not self._pending:
+            return None
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        entries = []
+        for data in batch:
+            self.last_index += 1
+            entries.append(Entry(Type=raft_pb2.EntryNormal, Term=self.term, Index=self.last_index, Data=data))
+        hs = HardState(term=self.term, vote=self.member_id, commit=self.last_index)
+        data = encode_batch(hs, entries)  # Python work stays on the loop
+        fut = asyncio.get_running_loop().run_in_executor(self._io, self._write, data, self.last_index, hs)
+        return fut, entries
+
+    async def _run(self) -> None:
+        inflight = None
         try:
-            fn()
-        except BaseException as e:  # a failed fsync or apply: the process must not go on
-            log.critical("%s loop failed: %r", threading.current_thread().name, e, exc_info=True)
+            while True:
+                if inflight is None:
+                    inflight = self._start_write()
+                    if inflight is None:
+                        if self._stopping:
+                            return
+                        self._wake.clear()
+                        await self._wake.wait()
+                        continue
+                fut, entries = inflight
+                await fut
+                self.committed_index = entries[-1].Index
+                inflight = self._start_write()  # the next fsync runs while this batch applies
+                self._on_committed(entries)
+        except BaseException as e:  # a failed write or fsync: nothing more may be acknowledged
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            log.critical("log failed: %r", e, exc_info=True)
             self.fatal = e
             self.on_fatal(e)
 
-    def propose(self, data: bytes) -> None:
-        if self._stopped.is_set():
-            raise RuntimeError("log stopped")
-        self._proposals.put(data)
+    async def request_snapshot(self, index: int, term: int) -> None:
+        """Record in the WAL that the backend durably holds everything up to index."""
+        snap = WalSnapshot(index=index, term=term)
+        await asyncio.get_running_loop().run_in_executor(self._io, self.wal.save_snapshot, snap)
+        log.info("snapshot at index %d; wal segments %d", index, len(self.wal.segments()))
 
-    def request_snapshot(self, index: int, term: int) -> None:
-        """Called by the applier once the backend holds everything up to index durably."""
-        with self._mu:
-            self._snapshot_req = WalSnapshot(index=index, term=term)
-
-    def _persist_loop(self) -> None:
-        while True:
-            try:
-                first = self._proposals.get(timeout=0.1)
-            except queue.Empty:
-                self._maybe_snapshot()
-                continue
-            if first is None:
-                break
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._proposals.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            entries = []
-            for data in batch:
-                self.last_index += 1
-                entries.append(Entry(Type=raft_pb2.EntryNormal, Term=self.term, Index=self.last_index, Data=data))
-            self.wal.save(HardState(term=self.term, vote=self.member_id, commit=self.last_index), entries)
-            self.wal.sync()
-            self.committed_index = self.last_index
-            self._to_apply.put(entries)
-            self._maybe_snapshot()
-            if stop:
-                break
-        self._to_apply.put(None)
-
-    def _maybe_snapshot(self) -> None:
-        with self._mu:
-            req, self._snapshot_req = self._snapshot_req, None
-        if req is not None:
-            self.wal.save_snapshot(req)
-            log.info("snapshot at index %d; wal segments %d", req.index, len(self.wal.segments()))
-
-    def _apply_loop(self) -> None:
-        while True:
-            try:
-                entries = self._to_apply.get(timeout=0.05)
-            except queue.Empty:
-                self._idle()
-                continue
-            if entries is None:
-                break
-            # take whatever else is already committed: fewer lock round trips under load
-            batch = list(entries)
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._to_apply.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._apply_batch(batch)
-                    self._idle()
-                    return
-                batch.extend(more)
-            self._apply_batch(batch)
-            self._idle()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Persist and apply what was proposed, then stop both threads."""
-        if self._stopped.is_set():
+    async def stop(self) -> None:
+        """Persist and apply what was proposed, then close the WAL."""
+        if self._stopping:
             return
-        self._stopped.set()
-        self._proposals.put(None)
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        self._maybe_snapshot()
-        self.wal.close()
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        await asyncio.get_running_loop().run_in_executor(self._io, self.wal.close)
+        self._io.shutdown(wait=True)

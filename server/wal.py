@@ -270,15 +270,17 @@ class WAL:
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
         """Append a hard state and entries (not yet durable: call sync)."""
-        parts = []
-        for e in entries:
-            parts.append(encode_record(ENTRY, e.SerializeToString()))
-            self.last_index = e.Index
-        if hard_state is not None and hard_state != self.hard_state:
+        if hard_state is not None and hard_state == self.hard_state:
+            hard_state = None
+        self.append(encode_batch(hard_state, entries), entries[-1].Index if entries else None, hard_state)
+
+    def append(self, data: bytes, last_index: int | None, hard_state: HardState | None) -> None:
+        """Append records made by encode_batch (the encoding can happen on another thread)."""
+        if last_index is not None:
+            self.last_index = last_index
+        if hard_state is not None:
             self.hard_state.CopyFrom(hard_state)
-            parts.append(encode_record(STATE, hard_state.SerializeToString()))
-        if parts:
-            data = b"".join(parts)
+        if data:
             self._f.write(data)
             self._size += len(data)
             self._dirty = True
@@ -335,6 +337,14 @@ class WAL:
     def close(self) -> None:
         self.sync()
         self._f.close()
+
+
+def encode_batch(hard_state: HardState | None, entries: list[Entry]) -> bytes:
+    """The records for entries, then the hard state (which must not claim more than they hold)."""
+    parts = [encode_record(ENTRY, e.SerializeToString()) for e in entries]
+    if hard_state is not None:
+        parts.append(encode_record(STATE, hard_state.SerializeToString()))
+    return b"".join(parts)
 
 
 def _segment_head(metadata: bytes, hs: HardState, snap: WalSnapshot) -> bytes:

@@ -6,8 +6,8 @@ its events; a cancel is answered with canceled=true; a stream's responses keep t
 """
 from __future__ import annotations
 
-import queue
-from typing import TYPE_CHECKING, Iterator
+import asyncio
+from typing import TYPE_CHECKING, AsyncIterator
 
 from server.proto.etcdserverpb import rpc_pb2
 from server.validate import delete_bounds
@@ -22,12 +22,14 @@ ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 
 
 class QueueSink:
+    """The hub's view of a stream: an unbounded queue, reported full past `capacity`."""
+
     def __init__(self, capacity: int = STREAM_CAPACITY) -> None:
-        self.q: queue.Queue[pb.WatchResponse | None] = queue.Queue()
+        self.q: asyncio.Queue[pb.WatchResponse | None] = asyncio.Queue()
         self.capacity = capacity
 
     def send(self, resp: pb.WatchResponse) -> None:
-        self.q.put(resp)
+        self.q.put_nowait(resp)
 
     def has_room(self) -> bool:
         return self.q.qsize() < self.capacity
@@ -47,56 +49,53 @@ class WatchSession:
         elif which == "cancel_request":
             self._cancel(req.cancel_request.watch_id)
         elif which == "progress_request":
-            with self.srv.lock:
-                self.srv.hub.request_progress(self.sink)
+            self.srv.hub.request_progress(self.sink)
 
     def _create(self, c: pb.WatchCreateRequest) -> None:
         srv = self.srv
         start, end = delete_bounds(c.key, c.range_end)
-        with srv.lock:
-            cur = srv.store.current_rev
-            hdr = srv.header(cur)
-            if end is not None and end != b"" and start >= end:
+        cur = srv.store.current_rev
+        hdr = srv.header(cur)
+        if end is not None and end != b"" and start >= end:
+            self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,
+                                            cancel_reason=ERR_EMPTY_RANGE))
+            return
+        if c.watch_id:
+            if srv.hub.get(self.sink, c.watch_id) is not None:
                 self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,
-                                                cancel_reason=ERR_EMPTY_RANGE))
+                                                cancel_reason=ERR_DUPLICATE_ID))
                 return
-            if c.watch_id:
-                if srv.hub.get(self.sink, c.watch_id) is not None:
-                    self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,
-                                                    cancel_reason=ERR_DUPLICATE_ID))
-                    return
-                wid = c.watch_id
-            else:
-                while srv.hub.get(self.sink, self._next_id) is not None:
-                    self._next_id += 1
-                wid = self._next_id
+            wid = c.watch_id
+        else:
+            while srv.hub.get(self.sink, self._next_id) is not None:
                 self._next_id += 1
-            w = srv.hub.watch(
-                self.sink,
-                wid,
-                start,
-                end,
-                c.start_revision,
-                prev_kv=c.prev_kv,
-                filters=list(c.filters),
-                progress_notify=c.progress_notify,
-                fragment=c.fragment,
-            )
-            self.sink.send(pb.WatchResponse(header=hdr, watch_id=wid, created=True))
-            if not w.synced:
-                srv.hub.sync()  # replay history now rather than at the next housekeeping round
+            wid = self._next_id
+            self._next_id += 1
+        w = srv.hub.watch(
+            self.sink,
+            wid,
+            start,
+            end,
+            c.start_revision,
+            prev_kv=c.prev_kv,
+            filters=list(c.filters),
+            progress_notify=c.progress_notify,
+            fragment=c.fragment,
+        )
+        self.sink.send(pb.WatchResponse(header=hdr, watch_id=wid, created=True))
+        if not w.synced:
+            srv.hub.sync()  # replay history now rather than at the next housekeeping round
 
     def _cancel(self, wid: int) -> None:
-        with self.srv.lock:
-            w = self.srv.hub.get(self.sink, wid)
-            if w is None:
-                return
-            self.srv.hub.cancel(w)
-            self.sink.send(pb.WatchResponse(header=self.srv.header(), watch_id=wid, canceled=True))
+        w = self.srv.hub.get(self.sink, wid)
+        if w is None:
+            return
+        self.srv.hub.cancel(w)
+        self.sink.send(pb.WatchResponse(header=self.srv.header(), watch_id=wid, canceled=True))
 
-    def responses(self) -> Iterator[pb.WatchResponse]:
+    async def responses(self) -> AsyncIterator[pb.WatchResponse]:
         while True:
-            resp = self.sink.q.get()
+            resp = await self.sink.q.get()
             if resp is None:
                 return
             yield resp
@@ -105,6 +104,5 @@ class WatchSession:
         if self._closed:
             return
         self._closed = True
-        with self.srv.lock:
-            self.srv.hub.close_stream(self.sink)
-        self.sink.q.put(None)
+        self.srv.hub.close_stream(self.sink)
+        self.sink.q.put_nowait(None)
