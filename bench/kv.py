@@ -101,13 +101,22 @@ def run_load(
         outs.append(json.loads(out))
     cpu1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     lat = sorted(x for o in outs for x in o["lat"])
-    ops = sum(o["ops"] for o in outs)
-    secs = max(o["elapsed"] for o in outs)
+    return _result(
+        db, op, clients, procs, sum(o["ops"] for o in outs), sum(o["errors"] for o in outs),
+        max(o["elapsed"] for o in outs), lat, sum(o["cpu"] for o in outs), cpu1 - cpu0,
+    )
+
+
+def _result(
+    db: str, op: str, clients: int, procs: int, ops: int, errors: int, secs: float,
+    lat_us: list[int], generator_cpu: float, server_cpu: float,
+) -> Result:
+    """A measurement from its counts and sorted latencies (microseconds)."""
     return Result(
-        db=db, op=op, clients=clients, procs=procs, ops=ops, errors=sum(o["errors"] for o in outs),
+        db=db, op=op, clients=clients, procs=procs, ops=ops, errors=errors,
         seconds=secs, rate=ops / secs if secs else 0.0,
-        p50_ms=_pct(lat, 0.5), p90_ms=_pct(lat, 0.9), p99_ms=_pct(lat, 0.99), max_ms=(lat[-1] / 1000 if lat else 0),
-        generator_cpu_s=sum(o["cpu"] for o in outs), server_cpu_s=cpu1 - cpu0,
+        p50_ms=_pct(lat_us, 0.5), p90_ms=_pct(lat_us, 0.9), p99_ms=_pct(lat_us, 0.99),
+        max_ms=(lat_us[-1] / 1000 if lat_us else 0), generator_cpu_s=generator_cpu, server_cpu_s=server_cpu,
     )
 
 
@@ -143,13 +152,10 @@ def run_h2load_load(
     time.sleep(0.5)  # the server counts a call after answering it
     after = h2load.handled(metrics_url, method)
     ok = after.get("OK", 0.0) - before.get("OK", 0.0)
-    errors = sum(after.values()) - sum(before.values()) - ok
+    # streams still in flight when h2load stops are reset by it and count as Canceled: not errors
+    canceled = sum(after.get(c, 0.0) - before.get(c, 0.0) for c in ("Canceled", "CANCELLED"))
+    errors = sum(after.values()) - sum(before.values()) - ok - canceled
     # h2load counts every HTTP 200; gRPC failures are also HTTP 200, so trust the server's OK count
     good = min(r.requests, int(ok))
-    lat = r.latencies_us
-    return Result(
-        db=db, op=op, clients=clients, procs=1, ops=good, errors=int(errors) + max(0, r.requests - good - int(errors)),
-        seconds=r.seconds, rate=good / r.seconds if r.seconds else 0.0,
-        p50_ms=_pct(lat, 0.5), p90_ms=_pct(lat, 0.9), p99_ms=_pct(lat, 0.99), max_ms=(lat[-1] / 1000 if lat else 0),
-        generator_cpu_s=r.cpu_s, server_cpu_s=cpu1 - cpu0,
-    )
+    errs = int(errors) + max(0, r.requests - good - int(errors))
+    return _result(db, op, clients, 1, good, errs, r.seconds, r.latencies_us, r.cpu_s, cpu1 - cpu0)

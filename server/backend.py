@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import lmdb
 
+from server.fsutil import fsync_dir
+
 BUCKETS = (b"key", b"meta", b"lease", b"members", b"members_removed", b"alarm", b"cluster")
 KEY = b"key"
 META = b"meta"
@@ -263,7 +265,7 @@ class Backend:
                 os.close(fd)
             self._env.close()
             os.replace(tmp, self.path)
-            _fsync_dir(os.path.dirname(self.path) or ".")
+            fsync_dir(os.path.dirname(self.path) or ".")
             self._env, self._dbs = self._open()
             self._size = -1
 
@@ -280,11 +282,3 @@ class Backend:
     def close(self) -> None:
         self.commit()
         self._env.close()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

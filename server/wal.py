@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from server.fsutil import fsync_dir
 from server.proto.raftpb import raft_pb2
 from server.proto.walpb import record_pb2
 
@@ -259,7 +260,7 @@ class WAL:
         if os.path.exists(wal_dir):
             os.rmdir(wal_dir)
         os.rename(tmp, wal_dir)
-        _fsync_dir(os.path.dirname(os.path.abspath(wal_dir)))
+        fsync_dir(os.path.dirname(os.path.abspath(wal_dir)))
         return cls(wal_dir, metadata, HardState(), WalSnapshot(index=0, term=0), 0, **kw)
 
     @classmethod
@@ -316,7 +317,7 @@ class WAL:
             f.flush()
             os.fsync(f.fileno())
         os.rename(path + ".tmp", path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._segments.append(Segment(path, seq, self.last_index + 1))
         self._f = open(path, "ab")
         self._size = self._f.tell()
@@ -329,7 +330,7 @@ class WAL:
             old = self._segments.pop(0)
             os.unlink(old.path)
             log.info("wal: purged %s", old.path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def segments(self) -> list[str]:
         return [s.path for s in self._segments]
@@ -353,11 +354,3 @@ def _segment_head(metadata: bytes, hs: HardState, snap: WalSnapshot) -> bytes:
         + encode_record(STATE, hs.SerializeToString())
         + encode_record(SNAPSHOT, snap.SerializeToString())
     )
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
