@@ -18,6 +18,7 @@ from server.lease import LeaseExists, LeaseNotFound, LeaseTTLTooLarge, Lessor
 from server.mvcc.revision import Revision
 from server.mvcc.store import CompactedError, FutureRevError, KVStore
 from server.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
+from server.proto.raftpb import raft_pb2
 from server.validate import txn_is_readonly
 from server.watch import WatchHub
 
@@ -26,6 +27,9 @@ InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 AlarmType = pb.AlarmType
 LEASE_BUCKET = b"lease"
 ALARM_BUCKET = b"alarm"
+MEMBERS_BUCKET = b"members"
+REMOVED_BUCKET = b"members_removed"
+ConfChange = raft_pb2.ConfChange
 _LEASE = struct.Struct(">qq")  # id, ttl
 _ALARM = struct.Struct(">QI")  # member id, alarm type
 
@@ -64,6 +68,8 @@ class Applier:
         self.hub = hub
         self.now = now
         self.alarms: set[tuple[int, int]] = set()  # (member id, AlarmType)
+        self.members: dict[int, pb.Member] = {}
+        self.removed: set[int] = set()  # IDs that may never come back
         self.applied_index = 0
         self.applied_term = 0
         self.compaction_jobs: list[CompactionJob] = []  # physical deletions to run after the batch
@@ -75,6 +81,66 @@ class Applier:
         raw = self.backend.get_meta(META_TERM)
         self.applied_term = int.from_bytes(raw, "big") if raw else 0
         self.alarms = {_ALARM.unpack(k) for k, _ in self.backend.items(ALARM_BUCKET)}
+        self.members = {}
+        for _, v in self.backend.items(MEMBERS_BUCKET):
+            m = pb.Member.FromString(v)
+            self.members[m.ID] = m
+        self.removed = {struct.unpack(">Q", k)[0] for k, _ in self.backend.items(REMOVED_BUCKET)}
+
+    # ---------------------------------------------------------- membership
+    def put_member(self, m: pb.Member) -> None:
+        self.members[m.ID] = m
+        self.backend.put(MEMBERS_BUCKET, struct.pack(">Q", m.ID), m.SerializeToString())
+
+    def apply_conf_change(self, index: int, term: int, cc: ConfChange) -> object:
+        """Apply a committed membership change to the member table (raft's own config is the
+        caller's business). Returns the member list, or an EtcdError, for the proposer."""
+        if index <= self.applied_index:
+            return None
+        result: object = None
+        nid = cc.node_id
+        t = cc.type
+        if nid in self.removed and t != raft_pb2.ConfChangeRemoveNode:
+            result = errors.MEMBER_NOT_FOUND  # a removed ID never comes back (the change is void)
+        elif t in (raft_pb2.ConfChangeAddNode, raft_pb2.ConfChangeAddLearnerNode):
+            m = pb.Member.FromString(cc.context) if cc.context else pb.Member(ID=nid)
+            old = self.members.get(nid)
+            if old is not None:  # a learner's promotion, or a replay: keep its published attributes
+                m.name = m.name or old.name
+                if not m.clientURLs:
+                    m.clientURLs.extend(old.clientURLs)
+                if not m.peerURLs:
+                    m.peerURLs.extend(old.peerURLs)
+            m.ID = nid
+            m.isLearner = t == raft_pb2.ConfChangeAddLearnerNode
+            self.put_member(m)
+        elif t == raft_pb2.ConfChangeRemoveNode:
+            self.members.pop(nid, None)
+            self.backend.delete(MEMBERS_BUCKET, struct.pack(">Q", nid))
+            self.removed.add(nid)
+            self.backend.put(REMOVED_BUCKET, struct.pack(">Q", nid), b"")
+        elif t == raft_pb2.ConfChangeUpdateNode:
+            m = pb.Member.FromString(cc.context) if cc.context else None
+            old = self.members.get(nid)
+            if m is not None and old is not None:
+                del old.peerURLs[:]
+                old.peerURLs.extend(m.peerURLs)
+                self.put_member(old)
+        self.applied_index = index
+        self.applied_term = term
+        self.backend.put_meta(META_CONSISTENT_INDEX, index.to_bytes(8, "big"))
+        self.backend.put_meta(META_TERM, term.to_bytes(8, "big"))
+        return result if result is not None else sorted(self.members.values(), key=lambda m: m.ID)
+
+    def _member_attr(self, m: pb.Member) -> object:
+        old = self.members.get(m.ID)
+        if old is None:
+            return errors.MEMBER_NOT_FOUND
+        old.name = m.name
+        del old.clientURLs[:]
+        old.clientURLs.extend(m.clientURLs)
+        self.put_member(old)
+        return pb.MemberUpdateResponse(header=pb.ResponseHeader(), members=sorted(self.members.values(), key=lambda x: x.ID))
 
     def nospace(self) -> bool:
         return any(a == AlarmType.NOSPACE for _, a in self.alarms)
@@ -119,6 +185,8 @@ class Applier:
             return self._alarm(r.alarm)
         if r.HasField("range"):
             return do_range(self.store, r.range)
+        if r.HasField("etcdproof_member_attr_set"):
+            return self._member_attr(r.etcdproof_member_attr_set)
         return errors.unimplemented("this request type")
 
     def _publish(self, txn) -> int:

@@ -279,6 +279,36 @@ class Backend:
                 h.update(chunk)
         return h.hexdigest()
 
+    def copy_committed(self, path: str) -> tuple[int, int]:
+        """Copy what is committed now to path; returns the copy's (consistent index, term).
+
+        The index and the copy come from one read transaction, so they agree exactly.
+        """
+        with self._commit_mu:
+            txn = self._env.begin(buffers=False)
+            try:
+                meta = self._dbs[META]
+                ci = int.from_bytes(txn.get(META_CONSISTENT_INDEX, db=meta) or b"\0", "big")
+                term = int.from_bytes(txn.get(META_TERM, db=meta) or b"\0", "big")
+                self._env.copy(path, compact=True, txn=txn)
+            finally:
+                txn.abort()
+        return ci, term
+
+    def replace_with(self, path: str) -> None:
+        """Make the database at path (a snapshot from the leader) this backend; pending writes
+        are dropped, since the snapshot supersedes them."""
+        with self._commit_mu, self._mu:
+            self._env.close()
+            os.replace(path, self.path)
+            fsync_dir(os.path.dirname(self.path) or ".")
+            self._pending = {b: {} for b in BUCKETS}
+            self._committing = {b: {} for b in BUCKETS}
+            self._pending_count = 0
+            self._pending_bytes = 0
+            self._size = -1
+            self._env, self._dbs = self._open()
+
     def close(self) -> None:
         self.commit()
         self._env.close()

@@ -87,6 +87,10 @@ UNARY: dict[str, Unary] = {
     "/v3/maintenance/hashkv": (pb.HashKVRequest, lambda s, r: s.hash_kv(r)),
     "/v3/maintenance/transfer-leadership": (pb.MoveLeaderRequest, lambda s, r: s.move_leader(r)),
     "/v3/cluster/member/list": (pb.MemberListRequest, lambda s, r: s.member_list()),
+    "/v3/cluster/member/add": (pb.MemberAddRequest, lambda s, r: s.member_add(r)),
+    "/v3/cluster/member/remove": (pb.MemberRemoveRequest, lambda s, r: s.member_remove(r)),
+    "/v3/cluster/member/update": (pb.MemberUpdateRequest, lambda s, r: s.member_update(r)),
+    "/v3/cluster/member/promote": (pb.MemberPromoteRequest, lambda s, r: s.member_promote(r)),
     "/v3/auth/status": (pb.AuthStatusRequest, lambda s, r: pb.AuthStatusResponse(header=s.header())),
     "/v3/lock/unlock": (lockpb.UnlockRequest, lambda s, r: concurrency.unlock(s, r)),
     "/v3/election/proclaim": (elpb.ProclaimRequest, lambda s, r: concurrency.proclaim(s, r)),
@@ -135,6 +139,10 @@ RPC_NAMES: dict[str, tuple[str, str, str]] = {
     "/v3/maintenance/snapshot": ("server_stream", "etcdserverpb.Maintenance", "Snapshot"),
     "/v3/maintenance/transfer-leadership": ("unary", "etcdserverpb.Maintenance", "MoveLeader"),
     "/v3/cluster/member/list": ("unary", "etcdserverpb.Cluster", "MemberList"),
+    "/v3/cluster/member/add": ("unary", "etcdserverpb.Cluster", "MemberAdd"),
+    "/v3/cluster/member/remove": ("unary", "etcdserverpb.Cluster", "MemberRemove"),
+    "/v3/cluster/member/update": ("unary", "etcdserverpb.Cluster", "MemberUpdate"),
+    "/v3/cluster/member/promote": ("unary", "etcdserverpb.Cluster", "MemberPromote"),
     "/v3/auth/status": ("unary", "etcdserverpb.Auth", "AuthStatus"),
     "/v3/lock/lock": ("unary", "v3lockpb.Lock", "Lock"),
     "/v3/lock/unlock": ("unary", "v3lockpb.Lock", "Unlock"),
@@ -298,7 +306,7 @@ class Gateway:
 
     async def _keepalive(self, reqs: list[Message]) -> AsyncIterator[Message]:
         for r in reqs:
-            yield pb.LeaseKeepAliveResponse(header=self.srv.header(), ID=r.ID, TTL=self.srv.lease_renew(r.ID))
+            yield pb.LeaseKeepAliveResponse(header=self.srv.header(), ID=r.ID, TTL=await self.srv.lease_renew(r.ID))
 
     @staticmethod
     async def _start(request: web.Request) -> web.StreamResponse:

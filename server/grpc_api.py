@@ -187,7 +187,7 @@ class Lease(_Base, rpc_pb2_grpc.LeaseServicer):
         async for req in request_iterator:
             if isinstance(req, BadRequest):
                 raise req.error
-            ttl = self.srv.lease_renew(req.ID)
+            ttl = await self.srv.lease_renew(req.ID)
             yield pb.LeaseKeepAliveResponse(header=self.srv.header(), ID=req.ID, TTL=ttl)
 
     @rpc("etcdserverpb.Lease")
@@ -206,19 +206,19 @@ class Cluster(_Base, rpc_pb2_grpc.ClusterServicer):
 
     @rpc("etcdserverpb.Cluster")
     def MemberAdd(self, request, context):
-        raise errors.unimplemented("MemberAdd on a single-member server")
+        return self.srv.member_add(request)
 
     @rpc("etcdserverpb.Cluster")
     def MemberRemove(self, request, context):
-        raise errors.unimplemented("MemberRemove on a single-member server")
+        return self.srv.member_remove(request)
 
     @rpc("etcdserverpb.Cluster")
     def MemberUpdate(self, request, context):
-        raise errors.unimplemented("MemberUpdate on a single-member server")
+        return self.srv.member_update(request)
 
     @rpc("etcdserverpb.Cluster")
     def MemberPromote(self, request, context):
-        raise errors.unimplemented("MemberPromote on a single-member server")
+        return self.srv.member_promote(request)
 
 
 class Maintenance(_Base, rpc_pb2_grpc.MaintenanceServicer):

@@ -3,12 +3,16 @@
 Pure core: time comes in as `now` (seconds on a monotonic clock) from the caller. Grants and
 revocations arrive through the log (the applier calls grant/revoke); renewals do not, as in
 etcd, where keep-alives touch only the leader's memory. Expiry is noticed by the server calling
-`expired(now)`, which then proposes revocations through the log.
+`expired(now)`, which then proposes revocations through the log. Only the primary (the
+leader's lessor) runs clocks; on other members leases wait, and `promote` starts their clocks
+afresh when a member becomes leader, as in etcd.
 """
 from __future__ import annotations
 
 import heapq
 import math
+
+FOREVER = float("inf")  # a follower's leases never expire on their own: the leader decides
 from dataclasses import dataclass, field
 
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, in seconds
@@ -46,6 +50,7 @@ class Lessor:
         self.min_ttl = min_ttl
         self.leases: dict[int, Lease] = {}
         self._heap: list[tuple[float, int]] = []  # (expiry, id), lazily invalidated
+        self.primary = True  # a member demotes itself until it leads
 
     def grant(self, lease_id: int, ttl: int, now: float) -> Lease:
         if lease_id == 0:
@@ -55,16 +60,18 @@ class Lessor:
         if lease_id in self.leases:
             raise LeaseExists(lease_id)
         ttl = max(ttl, self.min_ttl)
-        lease = Lease(lease_id, ttl, now + ttl)
+        lease = Lease(lease_id, ttl, now + ttl if self.primary else FOREVER)
         self.leases[lease_id] = lease
-        heapq.heappush(self._heap, (lease.expiry, lease_id))
+        if self.primary:
+            heapq.heappush(self._heap, (lease.expiry, lease_id))
         return lease
 
     def restore(self, lease_id: int, ttl: int, now: float) -> None:
         """Bring back a persisted lease; its clock restarts (the full TTL), as in etcd."""
         if lease_id not in self.leases:
-            self.leases[lease_id] = Lease(lease_id, ttl, now + ttl)
-            heapq.heappush(self._heap, (now + ttl, lease_id))
+            self.leases[lease_id] = Lease(lease_id, ttl, now + ttl if self.primary else FOREVER)
+            if self.primary:
+                heapq.heappush(self._heap, (now + ttl, lease_id))
 
     def revoke(self, lease_id: int) -> Lease:
         lease = self.leases.pop(lease_id, None)
@@ -80,18 +87,29 @@ class Lessor:
         lease = self.leases.get(lease_id)
         if lease is None or lease.revoking or lease.expiry <= now:
             raise LeaseNotFound(lease_id)
+        if not self.primary:
+            return lease.ttl  # the leader keeps the clocks; nothing to restart here
         lease.expiry = now + lease.ttl
         heapq.heappush(self._heap, (lease.expiry, lease_id))
         return lease.ttl
 
     def promote(self, now: float, extend: float) -> None:
-        """Give every lease a full TTL plus extend, as a new leader does (and a restart)."""
+        """Become primary: every lease gets a full TTL plus extend, as a new leader gives them."""
+        self.primary = True
         self._heap = []
         for lease in self.leases.values():
             lease.expiry = now + lease.ttl + extend
             lease.revoking = False
             self._heap.append((lease.expiry, lease.id))
         heapq.heapify(self._heap)
+
+    def demote(self) -> None:
+        """Stop running clocks (this member is no longer the leader)."""
+        self.primary = False
+        self._heap = []
+        for lease in self.leases.values():
+            lease.expiry = FOREVER
+            lease.revoking = False
 
     def attach(self, lease_id: int, key: bytes) -> None:
         lease = self.leases.get(lease_id)
@@ -105,7 +123,9 @@ class Lessor:
 
     def expired(self, now: float, limit: int = 1000) -> list[int]:
         """Leases past their deadline and not yet being revoked; marks them revoking."""
-        out = []
+        out: list[int] = []
+        if not self.primary:
+            return out
         while self._heap and len(out) < limit:
             expiry, lid = self._heap[0]
             if expiry > now:
@@ -121,7 +141,7 @@ class Lessor:
     def retry_revoke(self, lease_id: int, now: float, after: float) -> None:
         """A revocation proposal failed: allow another attempt after a pause."""
         lease = self.leases.get(lease_id)
-        if lease is not None and lease.revoking:
+        if lease is not None and lease.revoking and self.primary:
             lease.revoking = False
             lease.expiry = now + after
             heapq.heappush(self._heap, (lease.expiry, lease_id))

@@ -24,29 +24,38 @@ async def serve(cfg: Config) -> int:
         print(f"etcdproof-server: {e}", file=sys.stderr)
         return 1
     runners = []
+    grpc_server = None
     try:
+        await srv.start()
         grpc_server = build_grpc_server(srv, [u.hostport for u in cfg.listen_client_urls])
         for u in cfg.listen_client_http_urls:
             runners.append(await start_http(srv, u.host, u.port))
         for u in cfg.listen_metrics_urls:
             runners.append(await start_http(srv, u.host, u.port, metrics_only=True))
-    except OSError as e:
+    except (OSError, StartupError) as e:
+        log.error("%s", e)
         print(f"etcdproof-server: {e}", file=sys.stderr)
         for r in runners:
             await r.cleanup()
         await srv.stop()
         return 1
-    await srv.start()
-    await grpc_server.start()
-    log.info(
-        "ready to serve clients: grpc on %s%s",
-        ",".join(str(u) for u in cfg.listen_client_urls),
-        "; http on " + ",".join(str(u) for u in cfg.listen_client_http_urls) if cfg.listen_client_http_urls else "",
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: (log.info("received signal %d, shutting down", s), stop.set()))
+    # like etcd, serve clients only once this member has published itself to the cluster
+    ready = loop.create_task(srv.ready.wait())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    stopping.cancel()
+    if not stop.is_set():
+        await grpc_server.start()
+        log.info(
+            "ready to serve clients: grpc on %s%s",
+            ",".join(str(u) for u in cfg.listen_client_urls),
+            "; http on " + ",".join(str(u) for u in cfg.listen_client_http_urls) if cfg.listen_client_http_urls else "",
+        )
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), 0.5)
@@ -54,6 +63,9 @@ async def serve(cfg: Config) -> int:
             pass
         if srv.fatal is not None:
             log.critical("fatal error, exiting: %r", srv.fatal)
+            break
+        if srv.removed:
+            log.warning("removed from the cluster: exiting")
             break
     await grpc_server.stop(grace=1)
     for r in runners:

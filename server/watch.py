@@ -147,6 +147,12 @@ class WatchHub:
         else:
             self._ranged.discard(w)
 
+    def notify_restored(self) -> None:
+        """The store was replaced (a snapshot): every watcher catches up from the new history."""
+        for w in [w for ws in self._keyed.values() for w in ws] + list(self._ranged):
+            self._remove_synced(w)
+            self._unsynced.add(w)
+
     def counts(self) -> tuple[int, int]:
         """(synced, unsynced) watcher counts."""
         return sum(len(s) for s in self._keyed.values()) + len(self._ranged), len(self._unsynced)

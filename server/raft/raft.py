@@ -147,8 +147,8 @@ class Raft:
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Apply a committed (and applied) membership change; returns the new configuration."""
-        nid = cc.NodeID
-        t = cc.Type
+        nid = cc.node_id
+        t = cc.type
         if t == raft_pb2.ConfChangeAddNode:
             self.learners.discard(nid)
             self.voters.add(nid)
@@ -428,7 +428,9 @@ class Raft:
             self._bcast_append()
             return
         if t == MsgType.READ_INDEX:
-            if len(self.voters) == 1:
+            if self.voters == {self.id}:
+                # the only voter is this leader (not a removed leader with one voter left, which
+                # may have been deposed already: it must confirm by heartbeat like any other)
                 self._answer_read(m, self.log.committed)
                 return
             if not self._committed_in_current_term():
@@ -715,7 +717,9 @@ class Raft:
 
     # ------------------------------------------------------------ sending
     def _send(self, m: Message) -> None:
-        m.frm = self.id
+        if m.frm == NONE:
+            # a forwarded message keeps its origin: for TRANSFER_LEADER `frm` names the transferee
+            m.frm = self.id
         if m.type in (MsgType.VOTE, MsgType.VOTE_RESP, MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP):
             if m.term == 0:
                 raise RuntimeError(f"{m.type.name} without a term")
