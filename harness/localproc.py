@@ -46,6 +46,8 @@ class LocalMember:
     peer_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
+    initial_cluster: str = ""  # name=peerURL,... ; empty: a cluster of this member alone
+    initial_cluster_state: str = "new"
     proc: subprocess.Popen | None = None
 
     @property
@@ -59,6 +61,10 @@ class LocalMember:
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def http_url(self) -> str:
@@ -76,7 +82,8 @@ class LocalMember:
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
+            f"--initial-cluster-state={self.initial_cluster_state}",
             "--initial-cluster-token=etcdproof",
         ]
         if self.kind == "reference":
@@ -156,3 +163,84 @@ class LocalMember:
             [ETCDCTL_BIN, f"--endpoints={self.endpoint}", *args],
             input=input, capture_output=True, text=True, timeout=timeout, env=env,
         )
+
+
+@dataclass
+class LocalCluster:
+    """N members of one kind on loopback, bootstrapped together like an etcd cluster."""
+
+    kind: str
+    workdir: str
+    size: int = 3
+    extra: list[str] = field(default_factory=list)
+    members: list[LocalMember] = field(default_factory=list)
+
+    def start(self, timeout: float = 30.0) -> "LocalCluster":
+        self.members = [
+            LocalMember(self.kind, os.path.join(self.workdir, f"m{i + 1}"), name=f"m{i + 1}", extra=list(self.extra))
+            for i in range(self.size)
+        ]
+        ic = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = ic
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready(timeout)
+        return self
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def running(self) -> list[LocalMember]:
+        return [m for m in self.members if m.proc is not None and m.proc.poll() is None]
+
+    def status(self, m: LocalMember, timeout: float = 2.0) -> rpc_pb2.StatusResponse | None:
+        try:
+            with grpc.insecure_channel(m.endpoint) as ch:
+                return rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+
+    def leader(self, timeout: float = 15.0) -> LocalMember:
+        """The member the running members agree leads (waits for one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leads = set()
+            by_id = {}
+            for m in self.running():
+                st = self.status(m)
+                if st is None:
+                    continue
+                by_id[st.header.member_id] = m
+                leads.add(st.leader)
+            if len(leads) == 1:
+                lead = leads.pop()
+                if lead in by_id:
+                    return by_id[lead]
+            time.sleep(0.2)
+        raise TimeoutError(f"no agreed leader among {[m.name for m in self.running()]}")
+
+    def add_member(self, name: str, learner: bool = False, timeout: float = 30.0) -> LocalMember:
+        """`etcdctl member add`, then start the new member joining the existing cluster."""
+        m = LocalMember(self.kind, os.path.join(self.workdir, name), name=name, extra=list(self.extra))
+        args = ["member", "add", name, f"--peer-urls={m.peer_url}"] + (["--learner"] if learner else [])
+        r = self.running()[0].etcdctl(*args)
+        if r.returncode != 0:
+            raise RuntimeError(f"member add failed: {r.stderr.strip()}")
+        ic = next((ln.split("=", 1)[1].strip('"') for ln in r.stdout.splitlines()
+                   if ln.startswith("ETCD_INITIAL_CLUSTER=")), "")
+        m.initial_cluster = ic
+        m.initial_cluster_state = "existing"
+        self.members.append(m)
+        m.start(wait=False)
+        if not learner:
+            m.wait_ready(timeout)
+        return m
+
+    def stop(self) -> None:
+        for m in self.members:
+            try:
+                m.stop(timeout=5)
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                m.kill()

@@ -214,6 +214,12 @@ class EtcdServer:
                 )
             self.member_id = match[0].ID
             self.cluster_id = ml.header.cluster_id
+            # know the members now, so their raft messages are accepted before the log that
+            # lists them arrives (applying it later rewrites the same records)
+            for m in ml.members:
+                self.applier.put_member(m)
+            self.backend.put(CLUSTER_BUCKET, b"clusterID", struct.pack(">Q", self.cluster_id))
+            self.backend.commit()
             wal = WAL.create(cfg.wal_path, _METADATA.pack(self.member_id, self.cluster_id), **self._walkw())
             log.info("joining cluster %x as member %x (%s)", self.cluster_id, self.member_id, cfg.name)
             return wal, raft_pb2.HardState(), SnapshotMeta(), []
