@@ -10,7 +10,7 @@ import time
 
 from bench import h2load
 from bench.kv import TABLE_HEAD, TARGET_READS, TARGET_WRITES, prepare, results_json, run_h2load_load, run_load
-from harness.localproc import LocalMember, have_etcd
+from harness.localproc import LocalCluster, have_etcd
 
 
 def kv_main(argv: list[str]) -> int:
@@ -24,6 +24,7 @@ def kv_main(argv: list[str]) -> int:
         "--generator", choices=["h2load", "python"], default="h2load" if h2load.available() else "python",
         help="h2load (C, nghttp2-client; default when installed) or python (grpc.aio worker processes)",
     )
+    p.add_argument("--cluster-size", type=int, default=1, help="members per cluster; load goes to the leader")
     p.add_argument("--json", help="write results as JSON to this file")
     args = p.parse_args(argv)
     dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
@@ -38,20 +39,22 @@ def kv_main(argv: list[str]) -> int:
     print(TABLE_HEAD)
     with tempfile.TemporaryDirectory(prefix="etcdproof-bench-") as tmp:
         for db in dbs:
-            m = LocalMember(db, os.path.join(tmp, db)).start()
+            cluster = LocalCluster(db, os.path.join(tmp, db), size=args.cluster_size).start()
             try:
+                m = cluster.leader()
+                label = db if args.cluster_size == 1 else f"{db} x{args.cluster_size}"
                 prepare(m.endpoint)
                 for op in ops:
                     for c in clients:
                         if args.generator == "h2load":
-                            r = run_h2load_load(db, m.endpoint, m.http_url + "/metrics", op, c, args.duration,
+                            r = run_h2load_load(label, m.endpoint, m.http_url + "/metrics", op, c, args.duration,
                                                 server_pid=m.proc.pid)
                         else:
-                            r = run_load(db, m.endpoint, op, c, args.duration, args.procs, server_pid=m.proc.pid)
+                            r = run_load(label, m.endpoint, op, c, args.duration, args.procs, server_pid=m.proc.pid)
                         results.append(r)
                         print(r.row(), flush=True)
             finally:
-                m.stop()
+                cluster.stop()
     for r in results:
         if r.clients == max(clients):
             target = TARGET_WRITES if r.op == "put" else TARGET_READS

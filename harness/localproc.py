@@ -159,8 +159,9 @@ class LocalMember:
 
     def etcdctl(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
         env = dict(os.environ, ETCDCTL_API="3")
+        mine = [] if any(a.startswith("--endpoints") for a in args) else [f"--endpoints={self.endpoint}"]
         return subprocess.run(
-            [ETCDCTL_BIN, f"--endpoints={self.endpoint}", *args],
+            [ETCDCTL_BIN, *mine, *args],
             input=input, capture_output=True, text=True, timeout=timeout, env=env,
         )
 

@@ -89,6 +89,7 @@ TIMEOUT = _e(Code.UNAVAILABLE, "etcdserver: request timed out")
 UNHEALTHY = _e(Code.UNAVAILABLE, "etcdserver: unhealthy cluster")
 CORRUPT = _e(Code.DATA_LOSS, "etcdserver: corrupt cluster")
 BAD_LEADER_TRANSFEREE = _e(Code.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+NOT_SUPPORTED_FOR_LEARNER = _e(Code.UNAVAILABLE, "etcdserver: rpc not supported for learner")
 
 
 def unimplemented(what: str) -> EtcdError:

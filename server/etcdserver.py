@@ -538,6 +538,15 @@ class EtcdServer:
     async def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
         return await self._propose(InternalRaftRequest(lease_revoke=r))  # type: ignore[return-value]
 
+    def refuses_as_learner(self, request: object) -> bool:
+        """etcd 3.4 serves a learner's clients only Status and serializable Range (its gRPC
+        interceptors): everything else, streams included, is refused with Unavailable."""
+        me = self.applier.members.get(self.member_id)
+        if me is None or not me.isLearner:
+            return False
+        return not (isinstance(request, pb.StatusRequest)
+                    or (isinstance(request, pb.RangeRequest) and request.serializable))
+
     def _leader_or_none(self) -> int:
         return self.node.lead if self.node is not None else 0
 
@@ -842,14 +851,19 @@ class EtcdServer:
     async def _publish(self) -> None:
         """Tell the cluster this member's name and client URLs (etcd's publish), until it sticks."""
         want = pb.Member(ID=self.member_id, name=self.cfg.name, clientURLs=list(self.cfg.advertise_client_urls))
+        published = False  # proposed in this run: etcd publishes on every start, so a member
+        # restarted in a minority serves no client (not even a stale serializable read) until
+        # it reaches a quorum again
         while not self._stopped:
             cur = self.applier.members.get(self.member_id)
-            if cur is not None and cur.name == want.name and list(cur.clientURLs) == list(want.clientURLs):
+            if (published and cur is not None and cur.name == want.name
+                    and list(cur.clientURLs) == list(want.clientURLs)):
                 self.ready.set()
                 return
             if cur is not None and self.node is not None and self.node.lead:
                 try:
                     await self._propose(InternalRaftRequest(etcdproof_member_attr_set=want))
+                    published = True
                 except errors.EtcdError as e:
                     log.debug("publishing member attributes: %s", e.message)
                 except Exception:  # noqa: BLE001 - keep trying; a member that never publishes never serves

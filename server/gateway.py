@@ -282,10 +282,15 @@ class Gateway:
         srv = self.srv
         if path in UNARY:
             cls, fn = UNARY[path]
-            res = fn(srv, parse_requests(body, cls)[0])
+            req = parse_requests(body, cls)[0]
+            if srv.refuses_as_learner(req):
+                raise errors.NOT_SUPPORTED_FOR_LEARNER
+            res = fn(srv, req)
             if inspect.isawaitable(res):
                 res = await res
             return _json_response(200, to_json(res))
+        if srv.refuses_as_learner(None):
+            raise errors.NOT_SUPPORTED_FOR_LEARNER
         if path == "/v3/watch":
             return await self._watch(request, parse_requests(body, pb.WatchRequest))
         if path == "/v3/lease/keepalive":

@@ -70,6 +70,8 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                 try:
                     if isinstance(request, BadRequest):
                         raise request.error
+                    if self.srv.refuses_as_learner(request):
+                        raise errors.NOT_SUPPORTED_FOR_LEARNER
                     resp = fn(self, request, context)
                     if inspect.isawaitable(resp):
                         resp = await resp
@@ -98,6 +100,8 @@ def rpc(service: str, kind: str = "unary") -> Callable:
             try:
                 if isinstance(request, BadRequest):
                     raise request.error
+                if self.srv.refuses_as_learner(request):
+                    raise errors.NOT_SUPPORTED_FOR_LEARNER
                 async for resp in fn(self, request, context):
                     yield resp
             except EtcdError as e:

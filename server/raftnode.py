@@ -35,6 +35,7 @@ ConfChange = raft_pb2.ConfChange
 HardState = raft_pb2.HardState
 SNAPSHOT_CATCHUP_ENTRIES = 5000  # entries kept after a snapshot for slow followers (etcd's figure)
 _EARLY = (MsgType.APP, MsgType.HEARTBEAT)
+READ_RETRY = 0.5  # seconds before an unanswered ReadIndex is asked again (etcd's figure)
 
 
 def conf_to_pb(c: ConfState) -> raft_pb2.ConfState:
@@ -60,6 +61,7 @@ class RaftNode:
         self._reads: dict[bytes, list[asyncio.Future]] = {}
         self._ready_reads: list[tuple[int, list[asyncio.Future]]] = []  # (index, waiters) to release
         self._read_seq = 0
+        self._read_issued = 0.0
         self._wal_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self._task: asyncio.Task | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -188,8 +190,16 @@ class RaftNode:
                 self.raft.propose_conf_change(cc)
             except ProposalDropped:
                 self.srv._fail_waiter(rid, errors.NO_LEADER)
-        if self._read_waiters:
+        # one ReadIndex in flight at a time (as etcd's read loop): reads arriving meanwhile
+        # share the next one, so under load each heartbeat round confirms a large batch
+        if self._reads and time.monotonic() - self._read_issued > READ_RETRY:
+            # no answer (a lost message, a partition): ask again for everyone still waiting
+            for ws in self._reads.values():
+                self._read_waiters.extend(f for f in ws if not f.done())
+            self._reads.clear()
+        if self._read_waiters and not self._reads:
             waiters, self._read_waiters = self._read_waiters, []
+            self._read_issued = time.monotonic()
             self._read_seq += 1
             ctx = struct.pack(">QQ", self.id, self._read_seq)
             try:
@@ -228,7 +238,9 @@ class RaftNode:
 
     async def _handle_ready(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
-        leader = self.raft.role == Role.LEADER
+        # a leader with other voters may send appends and heartbeats before its own write (Raft
+        # thesis 10.2.1); a lone voter commits in memory, so its messages to learners must wait
+        leader = self.raft.role == Role.LEADER and len(self.raft.voters) > 1
         early = [m for m in rd.messages if leader and m.type in _EARLY] if leader else []
         late = [m for m in rd.messages if not (leader and m.type in _EARLY)] if leader else rd.messages
         if early:

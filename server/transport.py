@@ -32,6 +32,7 @@ HELLO = struct.Struct(">QQ")
 HELLO_K, RAFT_K, SNAP_K, CHUNK_K, END_K, ACK_K, REQ_K, RESP_K = 1, 2, 3, 4, 5, 6, 7, 8
 MAX_FRAME = 64 << 20
 QUEUE_LIMIT = 4096
+QUEUE_BYTES = 64 << 20  # per peer: a stalled peer costs at most this much memory
 CHUNK = 256 * 1024
 RPC_OK, RPC_ERR = 0, 1
 
@@ -100,16 +101,25 @@ class _Peer:
         self.id = pid
         self.urls = list(urls)
         self.q: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_LIMIT)
+        self.queued_bytes = 0
         self.calls: dict[int, asyncio.Future] = {}
         self.connected = False
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{pid:x}")
 
     def enqueue(self, data: bytes) -> bool:
+        if self.queued_bytes + len(data) > QUEUE_BYTES:
+            return False
         try:
             self.q.put_nowait(data)
-            return True
         except asyncio.QueueFull:
             return False
+        self.queued_bytes += len(data)
+        return True
+
+    def _take(self) -> bytes:
+        data = self.q.get_nowait()
+        self.queued_bytes -= len(data)
+        return data
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         last: Exception | None = None
@@ -135,7 +145,7 @@ class _Peer:
                 self.t.report_unreachable(self.id)
                 # messages queued for a dead peer are stale by the time it is back
                 while not self.q.empty():
-                    self.q.get_nowait()
+                    self._take()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -145,9 +155,10 @@ class _Peer:
             try:
                 while True:
                     data = await self.q.get()
+                    self.queued_bytes -= len(data)
                     writer.write(data)
                     while not self.q.empty() and writer.transport.get_write_buffer_size() < (1 << 20):
-                        writer.write(self.q.get_nowait())
+                        writer.write(self._take())
                     await writer.drain()
                     if resp_task.done():
                         raise ConnectionError("connection closed by peer")
