@@ -132,6 +132,14 @@ class Applier:
         self.backend.put_meta(META_TERM, term.to_bytes(8, "big"))
         return result if result is not None else sorted(self.members.values(), key=lambda m: m.ID)
 
+    def skip(self, index: int, term: int) -> None:
+        """Consume an entry that changes nothing (so restart does not replay it)."""
+        if index > self.applied_index:
+            self.applied_index = index
+            self.applied_term = term
+            self.backend.put_meta(META_CONSISTENT_INDEX, index.to_bytes(8, "big"))
+            self.backend.put_meta(META_TERM, term.to_bytes(8, "big"))
+
     def _member_attr(self, m: pb.Member) -> object:
         old = self.members.get(m.ID)
         if old is None:

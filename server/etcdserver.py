@@ -347,6 +347,12 @@ class EtcdServer:
         if fut is not None and not fut.done():
             fut.set_result(res)
 
+    def _refuse_conf_change(self, index: int, term: int, cc: ConfChange) -> None:
+        """A committed membership change that must not take effect: consumed, answered with an error."""
+        self.applier.skip(index, term)
+        self._fail_waiter(cc.id, errors.EtcdError(errors.Code.FAILED_PRECONDITION,
+                                                  "etcdserver: cannot remove the last voting member"))
+
     def _after_apply(self) -> None:
         if self.backend.commit_due():
             self._commit_backend()

@@ -283,6 +283,12 @@ class RaftNode:
 
     def _apply_conf_change(self, e) -> None:
         cc = ConfChange.FromString(e.Data)
+        if cc.type == raft_pb2.ConfChangeRemoveNode and self.conf.voters == (cc.node_id,):
+            # removing the last voter would leave a cluster nobody can lead: a no-op, as etcd's
+            # apply-time validation makes it
+            log.warning("refusing to remove %x, the last voter", cc.node_id)
+            self.srv._refuse_conf_change(e.Index, e.Term, cc)
+            return
         self.conf = self.raft.apply_conf_change(cc)
         self._conf_history.append((e.Index, self.conf))
         if len(self._conf_history) > 64:
