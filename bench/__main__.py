@@ -24,7 +24,9 @@ def kv_main(argv: list[str]) -> int:
         "--generator", choices=["h2load", "python"], default="h2load" if h2load.available() else "python",
         help="h2load (C, nghttp2-client; default when installed) or python (grpc.aio worker processes)",
     )
-    p.add_argument("--cluster-size", type=int, default=1, help="members per cluster; load goes to the leader")
+    p.add_argument("--cluster-size", type=int, default=1, help="members per cluster")
+    p.add_argument("--target", choices=["all", "leader"], default="all",
+                   help="spread clients over every member (as etcd's benchmark does) or send all to the leader")
     p.add_argument("--json", help="write results as JSON to this file")
     args = p.parse_args(argv)
     dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
@@ -35,7 +37,8 @@ def kv_main(argv: list[str]) -> int:
     ops = args.ops.split(",")
     results = []
     print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"generator {args.generator}, {args.duration:g} s per cell")
+          f"generator {args.generator}, {args.duration:g} s per cell, "
+          f"clients to {'every member' if args.target == 'all' else 'the leader'}")
     print(TABLE_HEAD)
     with tempfile.TemporaryDirectory(prefix="etcdproof-bench-") as tmp:
         for db in dbs:
@@ -47,8 +50,9 @@ def kv_main(argv: list[str]) -> int:
                 for op in ops:
                     for c in clients:
                         if args.generator == "h2load":
-                            r = run_h2load_load(label, m.endpoint, m.http_url + "/metrics", op, c, args.duration,
-                                                server_pid=m.proc.pid)
+                            members = [m] + [x for x in cluster.members if x is not m] if args.target == "all" else [m]
+                            targets = [(x.endpoint, x.http_url + "/metrics", x.proc.pid) for x in members]
+                            r = run_h2load_load(label, targets, op, c, args.duration)
                         else:
                             r = run_load(label, m.endpoint, op, c, args.duration, args.procs, server_pid=m.proc.pid)
                         results.append(r)

@@ -64,33 +64,41 @@ class H2Result:
     cpu_s: float
 
 
-def run(endpoint: str, path: str, frame: bytes, clients: int, duration: float, threads: int = 1) -> H2Result:
-    conns = clients if clients <= 64 else 64
-    streams = max(1, clients // conns)
+def run(endpoints: list[str], path: str, frame: bytes, clients: int, duration: float) -> H2Result:
+    """Drive `clients` streams spread evenly over endpoints (one h2load process each, as etcd's
+    benchmark tool spreads its clients over --endpoints), all at once."""
+    endpoints = endpoints[: max(1, min(len(endpoints), clients))]
+    share = [clients // len(endpoints) + (1 if i < clients % len(endpoints) else 0) for i in range(len(endpoints))]
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         body = os.path.join(tmp, "body")
-        logf = os.path.join(tmp, "log")
         with open(body, "wb") as f:
             f.write(frame)
-        cmd = [
-            H2LOAD, "-D", str(int(duration)), "--warm-up-time=1", "-c", str(conns), "-m", str(streams),
-            "-t", str(min(threads, conns)), "-d", body, "--log-file", logf,
-            "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{endpoint}{path}",
-        ]
+        procs = []
         r0 = os.times()
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        for i, (ep, n) in enumerate(zip(endpoints, share)):
+            conns = n if n <= 64 else 64
+            streams = max(1, n // conns)
+            logf = os.path.join(tmp, f"log{i}")
+            cmd = [
+                H2LOAD, "-D", str(int(duration)), "--warm-up-time=1", "-c", str(conns), "-m", str(streams),
+                "-d", body, "--log-file", logf,
+                "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{ep}{path}",
+            ]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), logf))
+        total, secs, lats = 0, 0.0, []
+        for proc, logf in procs:
+            out, err = proc.communicate(timeout=duration + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"h2load failed: {err.strip() or out[-500:]}")
+            m = re.search(r"finished in ([0-9.]+)(m?s)", out)
+            secs = max(secs, float(m.group(1)) / (1000 if m.group(2) == "ms" else 1) if m else duration)
+            with open(logf) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[1] == "200":
+                        lats.append(int(parts[2]))
+            done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+            total += int(done.group(2)) if done else 0
         r1 = os.times()
-        if p.returncode != 0:
-            raise RuntimeError(f"h2load failed: {p.stderr.strip() or p.stdout[-500:]}")
-        m = re.search(r"finished in ([0-9.]+)(m?s)", p.stdout)
-        secs = float(m.group(1)) / (1000 if m and m.group(2) == "ms" else 1) if m else duration
-        lats = []
-        with open(logf) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] == "200":
-                    lats.append(int(parts[2]))
-        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", p.stdout)
-        n = int(done.group(2)) if done else len(lats)
-    return H2Result(requests=n, seconds=secs, latencies_us=sorted(lats),
+    return H2Result(requests=total, seconds=secs, latencies_us=sorted(lats),
                     cpu_s=(r1.children_user - r0.children_user) + (r1.children_system - r0.children_system))

@@ -132,32 +132,37 @@ TABLE_HEAD = (
 
 def run_h2load_load(
     db: str,
-    endpoint: str,
-    metrics_url: str,
+    targets: list[tuple[str, str, int]],
     op: str,
     clients: int,
     duration: float,
-    server_pid: int | None = None,
     value_size: int = 256,
 ) -> Result:
-    """The same measurement with h2load as the generator; outcomes checked on the server's metrics."""
+    """The same measurement with h2load as the generator; outcomes checked on the servers' metrics.
+
+    targets: (gRPC endpoint, metrics URL, server pid) per member receiving load.
+    """
     from bench import h2load
 
     path, frame = h2load.request_for(op, b"bench-key", value_size, b"bench-read")
     method = path.rsplit("/", 1)[1]
-    before = h2load.handled(metrics_url, method)
-    cpu0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
-    r = h2load.run(endpoint, path, frame, clients, duration)
-    cpu1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
-    time.sleep(0.5)  # the server counts a call after answering it
-    after = h2load.handled(metrics_url, method)
-    ok = after.get("OK", 0.0) - before.get("OK", 0.0)
-    # streams still in flight when h2load stops are reset by it: the server counts them as Canceled
-    # (ours) or Unknown (grpc-go); at most one per client, and they are not errors
-    delta = {c: after.get(c, 0.0) - before.get(c, 0.0) for c in after}
-    reset = min(float(clients), sum(delta.get(c, 0.0) for c in ("Canceled", "CANCELLED", "Unknown")))
-    errors = sum(delta.values()) - ok - reset
-    # h2load counts every HTTP 200; gRPC failures are also HTTP 200, so trust the server's OK count
+    used = targets[: max(1, min(len(targets), clients))]
+    before = [h2load.handled(url, method) for _, url, _ in used]
+    cpu0 = sum(proc_cpu_seconds(pid) for _, _, pid in targets)
+    r = h2load.run([ep for ep, _, _ in used], path, frame, clients, duration)
+    cpu1 = sum(proc_cpu_seconds(pid) for _, _, pid in targets)
+    time.sleep(0.5)  # a server counts a call after answering it
+    after = [h2load.handled(url, method) for _, url, _ in used]
+    ok = errors = reset = 0.0
+    for b, a in zip(before, after):
+        delta = {c: a.get(c, 0.0) - b.get(c, 0.0) for c in a}
+        ok += delta.get("OK", 0.0)
+        # streams still in flight when h2load stops are reset by it: the server counts them as
+        # Canceled (ours) or Unknown (grpc-go); at most one per client, and they are not errors
+        reset += sum(delta.get(c, 0.0) for c in ("Canceled", "CANCELLED", "Unknown"))
+        errors += sum(delta.values()) - delta.get("OK", 0.0)
+    errors -= min(float(clients), reset)
+    # h2load counts every HTTP 200; gRPC failures are also HTTP 200, so trust the servers' OK count
     good = min(r.requests, int(ok))
     errs = int(errors) + max(0, r.requests - good - int(errors))
-    return _result(db, op, clients, 1, good, errs, r.seconds, r.latencies_us, r.cpu_s, cpu1 - cpu0)
+    return _result(db, op, clients, len(used), good, errs, r.seconds, r.latencies_us, r.cpu_s, cpu1 - cpu0)

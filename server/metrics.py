@@ -31,6 +31,7 @@ def grpc_code_label(code_name: str) -> str:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._call_children: dict[tuple[str, str, str, str], tuple] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.wal_fsync = Histogram(
@@ -85,11 +86,23 @@ class Metrics:
             "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.", registry=r
         )
         self.leases = Gauge("etcdproof_leases", "Number of live leases.", registry=r)
+        self.read_indexes = Counter(
+            "etcdproof_read_index_requests", "ReadIndex requests issued (each confirms a batch of reads).", registry=r
+        )
+        self.linearizable_reads = Counter(
+            "etcdproof_linearizable_reads", "Reads that waited for a ReadIndex confirmation.", registry=r
+        )
 
     def count_call(self, kind: str, service: str, method: str, code_name: str) -> None:
         """One finished RPC (gRPC or through the gateway): started and handled counters."""
-        self.grpc_started.labels(kind, service, method).inc()
-        self.grpc_handled.labels(kind, service, method, grpc_code_label(code_name)).inc()
+        key = (kind, service, method, code_name)
+        pair = self._call_children.get(key)
+        if pair is None:  # label lookups cost more than the increments: do them once per label set
+            pair = (self.grpc_started.labels(kind, service, method),
+                    self.grpc_handled.labels(kind, service, method, grpc_code_label(code_name)))
+            self._call_children[key] = pair
+        pair[0].inc()
+        pair[1].inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

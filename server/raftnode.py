@@ -35,6 +35,9 @@ ConfChange = raft_pb2.ConfChange
 HardState = raft_pb2.HardState
 SNAPSHOT_CATCHUP_ENTRIES = 5000  # entries kept after a snapshot for slow followers (etcd's figure)
 _EARLY = (MsgType.APP, MsgType.HEARTBEAT)
+READ_BATCH_WINDOW = 0.005
+PROPOSE_BATCH_WINDOW = 0.002  # under write load, proposals wait this long for more to join
+PROPOSE_BATCH_MAX = 512  # under read load, a ReadIndex waits this long for more reads to join
 READ_RETRY = 0.5  # seconds before an unanswered ReadIndex is asked again (etcd's figure)
 
 
@@ -62,6 +65,10 @@ class RaftNode:
         self._ready_reads: list[tuple[int, list[asyncio.Future]]] = []  # (index, waiters) to release
         self._read_seq = 0
         self._read_issued = 0.0
+        self._read_hold_until = 0.0
+        self._prop_hold_until = 0.0
+        self._props_busy = False
+        self._reads_busy = False
         self._wal_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self._task: asyncio.Task | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -176,8 +183,10 @@ class RaftNode:
         self._wake.set()
 
     def _flush_inputs(self) -> None:
-        if self._props:
+        if self._props and self._prop_hold():
+            self._prop_hold_until = 0.0
             batch, self._props = self._props, []
+            self._props_busy = len(batch) > 1
             try:
                 self.raft.propose([d for _, d in batch])
             except ProposalDropped as e:
@@ -197,9 +206,12 @@ class RaftNode:
             for ws in self._reads.values():
                 self._read_waiters.extend(f for f in ws if not f.done())
             self._reads.clear()
-        if self._read_waiters and not self._reads:
+        if self._read_waiters and not self._reads and self._read_hold():
+            self._read_hold_until = 0.0
             waiters, self._read_waiters = self._read_waiters, []
             self._read_issued = time.monotonic()
+            self.srv.metrics.read_indexes.inc()
+            self.srv.metrics.linearizable_reads.inc(len(waiters))
             self._read_seq += 1
             ctx = struct.pack(">QQ", self.id, self._read_seq)
             try:
@@ -209,6 +221,31 @@ class RaftNode:
                 for f in waiters:
                     if not f.done():
                         f.set_exception(errors.NO_LEADER)
+
+    def _prop_hold(self) -> bool:
+        """Whether queued proposals may go now: under load (the last batch had company) they
+        wait a moment for more, so each raft round, fsync and message carries many entries."""
+        if not self._props_busy or len(self._props) >= PROPOSE_BATCH_MAX:
+            return True
+        now = time.monotonic()
+        if self._prop_hold_until == 0.0:
+            self._prop_hold_until = now + PROPOSE_BATCH_WINDOW
+            asyncio.get_running_loop().call_later(PROPOSE_BATCH_WINDOW, self._wake.set)
+            return False
+        return now >= self._prop_hold_until
+
+    def _read_hold(self) -> bool:
+        """Whether the next ReadIndex may go now. Under load (reads queued up while the last one
+        was in flight) it waits a few milliseconds so that many reads share one heartbeat round;
+        an idle server asks at once."""
+        if not self._reads_busy:
+            return True
+        now = time.monotonic()
+        if self._read_hold_until == 0.0:
+            self._read_hold_until = now + READ_BATCH_WINDOW
+            asyncio.get_running_loop().call_later(READ_BATCH_WINDOW, self._wake.set)
+            return False
+        return now >= self._read_hold_until
 
     # --------------------------------------------------------------- loop
     async def _run(self) -> None:
@@ -256,6 +293,8 @@ class RaftNode:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for rs in rd.read_states:
+            # reads that queued up meanwhile mean load: batch the next round
+            self._reads_busy = bool(self._read_waiters)
             waiters = self._reads.pop(rs.ctx, None)
             if waiters is not None:
                 self._ready_reads.append((rs.index, waiters))
