@@ -156,6 +156,7 @@ class EtcdServer:
             on_message=self.node.step, on_unreachable=self.node.report_unreachable,
             on_snapshot_status=self.node.report_snapshot, handle_rpc=self._handle_rpc,
         )
+        self.transport.on_removed = self._on_removed
         await self.transport.listen([(u.host, u.port) for u in self.cfg.listen_peer_urls])
         self._update_peers()
         self.node.start()
@@ -279,8 +280,14 @@ class EtcdServer:
         self.store.finish_compaction(job.rev)
         self.backend.commit()
 
+    def _on_removed(self) -> None:
+        if not self.removed:
+            log.warning("the cluster says this member (%x) was removed; stopping", self.member_id)
+        self.removed = True
+
     def _update_peers(self) -> None:
         if self.transport is not None:
+            self.transport.removed = set(self.applier.removed)
             self.transport.set_peers(
                 {mid: list(m.peerURLs) for mid, m in self.applier.members.items() if mid != self.member_id}
             )

@@ -284,7 +284,11 @@ class RaftNode:
             self.srv.transport.send(early)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
-        if rd.entries or rd.hard_state is not None:
+        # a hard state that only moves the commit index need not be written at once: losing it
+        # in a crash only makes raft relearn the commit index from the leader (etcd does not
+        # fsync it either); it goes out with the next entries. That saves a WAL round trip per
+        # commit notification.
+        if rd.entries or (rd.hard_state is not None and rd.must_sync):
             data = encode_batch(rd.hard_state, rd.entries)
             last = rd.entries[-1].Index if rd.entries else None
             await loop.run_in_executor(self._wal_io, self._write, data, last, rd.hard_state, rd.must_sync)

@@ -29,7 +29,7 @@ log = logging.getLogger("etcdproof.transport")
 
 FRAME = struct.Struct(">IB")
 HELLO = struct.Struct(">QQ")
-HELLO_K, RAFT_K, SNAP_K, CHUNK_K, END_K, ACK_K, REQ_K, RESP_K = 1, 2, 3, 4, 5, 6, 7, 8
+HELLO_K, RAFT_K, SNAP_K, CHUNK_K, END_K, ACK_K, REQ_K, RESP_K, REMOVED_K = 1, 2, 3, 4, 5, 6, 7, 8, 9
 MAX_FRAME = 64 << 20
 QUEUE_LIMIT = 4096
 QUEUE_BYTES = 64 << 20  # per peer: a stalled peer costs at most this much memory
@@ -175,6 +175,10 @@ class _Peer:
         try:
             while True:
                 kind, payload = await read_frame(reader)
+                if kind == REMOVED_K:
+                    # the cluster removed us (etcd answers a removed member's messages with 410)
+                    self.t.on_removed()
+                    return
                 if kind == RESP_K and len(payload) >= 9:
                     cid, status = struct.unpack_from(">QB", payload)
                     fut = self.calls.pop(cid, None)
@@ -195,6 +199,10 @@ class _Peer:
     def close(self) -> None:
         self.task.cancel()
         self._fail_calls("transport closed")
+
+    def close_soon(self, grace: float = 1.0) -> None:
+        """Close after a moment, so messages already queued (a commit notice) still go out."""
+        asyncio.get_running_loop().call_later(grace, self.close)
 
 
 class Transport:
@@ -217,6 +225,8 @@ class Transport:
         self.handle_rpc = handle_rpc
         self.peers: dict[int, _Peer] = {}
         self.allowed: set[int] = set()  # members whose raft messages we accept
+        self.removed: set[int] = set()  # members removed from the cluster: told so, then ignored
+        self.on_removed: Callable[[], None] = lambda: None
         self.closed = False
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[asyncio.StreamWriter] = set()
@@ -236,7 +246,7 @@ class Transport:
         self.allowed = set(peers)
         for pid in list(self.peers):
             if pid not in peers:
-                self.peers.pop(pid).close()
+                self.peers.pop(pid).close_soon()
         for pid, urls in peers.items():
             p = self.peers.get(pid)
             if p is None:
@@ -323,6 +333,10 @@ class Transport:
                 kind, payload = await read_frame(reader)
                 if kind == RAFT_K:
                     if sender not in self.allowed:
+                        if sender in self.removed:
+                            writer.write(frame(REMOVED_K, b""))
+                            await writer.drain()
+                            return
                         continue
                     self.on_message(decode_message(payload))
                 elif kind == REQ_K:
@@ -416,6 +430,10 @@ async def fetch_from_any(urls: list[str], method: int, body: bytes, timeout: flo
             await writer.drain()
             while True:
                 kind, payload = await asyncio.wait_for(read_frame(reader), timeout)
+                if kind == REMOVED_K:
+                    # the cluster removed us (etcd answers a removed member's messages with 410)
+                    self.t.on_removed()
+                    return
                 if kind == RESP_K and len(payload) >= 9:
                     _, status = struct.unpack_from(">QB", payload)
                     if status != RPC_OK:
