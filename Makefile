@@ -24,7 +24,7 @@ system-deps:
 $(STAMP): pyproject.toml setup.py $(PROTOS)
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[harness,test]'
 	touch $@
 
 deps: system-deps $(STAMP)

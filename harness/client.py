@@ -1,0 +1,151 @@
+"""The harness's etcd v3 client: asyncio gRPC on the project's stubs, one channel per worker.
+
+Every call has a deadline and no hidden retries: a request is sent once, and its outcome is
+classified the way a history needs it. `Definite` errors mean the request certainly did not take
+effect (the server refused it before proposing, or it never left this process); anything else
+after sending (a timeout, a lost connection, "request timed out", "leader changed") is
+`Indefinite`: it may have taken effect. Reads have no effect, so a failed read is always definite.
+Works against the reference server and real etcd alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from server.proto.etcdserverpb import rpc_pb2 as pb
+from server.proto.etcdserverpb import rpc_pb2_grpc as pbg
+
+# errors etcd (and the reference server) return only before proposing anything
+_DEFINITE_MESSAGES = (
+    "etcdserver: key is not provided",
+    "etcdserver: too many operations in txn request",
+    "etcdserver: duplicate key given in txn request",
+    "etcdserver: request is too large",
+    "etcdserver: too many requests",
+    "etcdserver: mvcc: database space exceeded",
+    "etcdserver: no leader",
+    "etcdserver: not leader",
+    "etcdserver: server stopped",
+    "etcdserver: requested lease not found",
+    "etcdserver: rpc not supported for learner",
+)
+_DEFINITE_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
+# the transport never got the request to a server
+_NEVER_SENT = ("failed to connect", "Connection refused", "DNS resolution failed", "No route to host",
+               "connections to all backends failing", "Network is unreachable")
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, definite: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.definite = definite
+        self.code = code
+
+
+class Definite(ClientError):
+    """The request certainly did not take effect."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, True, code)
+
+
+class Indefinite(ClientError):
+    """The request may or may not have taken effect."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, False, code)
+
+
+def classify(e: grpc.aio.AioRpcError, read_only: bool) -> ClientError:
+    code = e.code()
+    msg = e.details() or code.name
+    if read_only:
+        return Definite(msg, code.name)
+    if code in _DEFINITE_CODES or msg in _DEFINITE_MESSAGES:
+        return Definite(msg, code.name)
+    if code == grpc.StatusCode.UNAVAILABLE and any(s in msg for s in _NEVER_SENT):
+        return Definite(msg, code.name)
+    return Indefinite(msg, code.name)
+
+
+def encode(v: int) -> bytes:
+    return str(v).encode()
+
+
+def decode(b: bytes) -> int | str:
+    s = b.decode(errors="replace")
+    try:
+        return int(s)
+    except ValueError:
+        return s
+
+
+@dataclass
+class ReadResult:
+    value: int | str | None
+    revision: int
+    mod_revision: int = 0
+
+
+class EtcdClient:
+    """One connection to one member. Methods raise Definite or Indefinite on failure."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ch = grpc.aio.insecure_channel(
+            endpoint,
+            options=[("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)],
+        )
+        self.kv = pbg.KVStub(self._ch)
+        self.maint = pbg.MaintenanceStub(self._ch)
+        self.lease = pbg.LeaseStub(self._ch)
+
+    async def close(self) -> None:
+        await self._ch.close()
+
+    async def _call(self, fn, req, read_only: bool):
+        try:
+            return await fn(req, timeout=self.timeout, wait_for_ready=False)
+        except grpc.aio.AioRpcError as e:
+            raise classify(e, read_only) from None
+
+    async def get(self, key: str, serializable: bool = False) -> ReadResult:
+        r = await self._call(self.kv.Range, pb.RangeRequest(key=key.encode(), serializable=serializable), True)
+        if not r.kvs:
+            return ReadResult(None, r.header.revision)
+        kv = r.kvs[0]
+        return ReadResult(decode(kv.value), r.header.revision, kv.mod_revision)
+
+    async def put(self, key: str, value: int) -> int:
+        r = await self._call(self.kv.Put, pb.PutRequest(key=key.encode(), value=encode(value)), False)
+        return r.header.revision
+
+    async def cas(self, key: str, expected: int | None, new: int) -> tuple[bool, int]:
+        """Write new if the key's value is expected (None: the key must not exist)."""
+        k = key.encode()
+        if expected is None:
+            cmp = pb.Compare(key=k, target=pb.Compare.VERSION, result=pb.Compare.EQUAL, version=0)
+        else:
+            cmp = pb.Compare(key=k, target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=encode(expected))
+        req = pb.TxnRequest(compare=[cmp], success=[pb.RequestOp(request_put=pb.PutRequest(key=k, value=encode(new)))])
+        r = await self._call(self.kv.Txn, req, False)
+        return r.succeeded, r.header.revision
+
+    async def delete(self, key: str) -> int:
+        r = await self._call(self.kv.DeleteRange, pb.DeleteRangeRequest(key=key.encode()), False)
+        return r.deleted
+
+    async def status(self) -> pb.StatusResponse:
+        return await self._call(self.maint.Status, pb.StatusRequest(), True)

@@ -1,0 +1,46 @@
+"""The register workload: independent keys read, written and compare-and-set through etcd.
+
+Each op is one etcd request: read = a linearizable Range, write = Put, cas = a Txn comparing the
+value. Checked per key by the linearizability checker against a register model.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from harness.client import EtcdClient
+from harness.generator import OpTemplate, RegisterOps
+
+
+class RegisterWorkload:
+    name = "register"
+
+    def __init__(self, keys_per_window: int = 4, ops_per_key: int = 60) -> None:
+        self.keys_per_window = keys_per_window
+        self.ops_per_key = ops_per_key
+
+    def op_source(self, seed: int, worker: int) -> RegisterOps:
+        return RegisterOps(seed, worker, self.keys_per_window, self.ops_per_key)
+
+    async def invoke(self, client: EtcdClient, op: OpTemplate) -> tuple[str, Any, dict]:
+        """Run op; returns (type, value, extra) with type "ok" or "fail"; raises ClientError."""
+        assert op.key is not None
+        if op.f == "read":
+            r = await client.get(op.key)
+            return "ok", r.value, {"revision": r.revision}
+        if op.f == "write":
+            rev = await client.put(op.key, op.value)
+            return "ok", op.value, {"revision": rev}
+        if op.f == "cas":
+            expected, new = op.value
+            ok, rev = await client.cas(op.key, expected, new)
+            return ("ok" if ok else "fail"), op.value, {"revision": rev}
+        raise ValueError(f"unknown register op {op.f}")
+
+    def final_reads(self) -> bool:
+        return True
+
+    def check(self, history: list, time_limit: float | None = None) -> dict:
+        from checker.linearizable import check
+        from checker.models import register_model
+
+        return check(history, register_model(), time_limit=time_limit)
