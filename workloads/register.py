@@ -1,14 +1,19 @@
 """The register workload: independent keys read, written and compare-and-set through etcd.
 
 Each op is one etcd request: read = a linearizable Range, write = Put, cas = a Txn comparing the
-value. Checked per key by the linearizability checker against a register model.
+value (a failed compare is `fail`: the write certainly did not happen). Values are small ints so
+operations on a key collide often. The recovery phase reads every key once more. Checked per
+key by the linearizability checker against a register model, plus the stats checker.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from checker import stats
+from checker.history import NEMESIS, Op
 from harness.client import EtcdClient
 from harness.generator import OpTemplate, RegisterOps
+from workloads.base import Checker
 
 
 class RegisterWorkload:
@@ -20,6 +25,9 @@ class RegisterWorkload:
 
     def op_source(self, seed: int, worker: int) -> RegisterOps:
         return RegisterOps(seed, worker, self.keys_per_window, self.ops_per_key)
+
+    async def setup(self, client: EtcdClient) -> None:
+        return None
 
     async def invoke(self, client: EtcdClient, op: OpTemplate) -> tuple[str, Any, dict]:
         """Run op; returns (type, value, extra) with type "ok" or "fail"; raises ClientError."""
@@ -36,11 +44,17 @@ class RegisterWorkload:
             return ("ok" if ok else "fail"), op.value, {"revision": rev}
         raise ValueError(f"unknown register op {op.f}")
 
-    def final_reads(self) -> bool:
-        return True
+    def final_ops(self, history: list[Op]) -> list[OpTemplate]:
+        keys = sorted({op.key for op in history if op.process != NEMESIS and op.key is not None},
+                      key=lambda k: (len(k), k))
+        return [OpTemplate("read", k, None) for k in keys]
 
-    def check(self, history: list, time_limit: float | None = None) -> dict:
-        from checker.linearizable import check
-        from checker.models import register_model
+    def checkers(self) -> dict[str, Checker]:
+        return {"linearizable": check_linearizable, "stats": stats.check}
 
-        return check(history, register_model(), time_limit=time_limit)
+
+def check_linearizable(history: list[Op]) -> dict:
+    from checker.linearizable import check
+    from checker.models import register_model
+
+    return check(history, register_model()).to_dict()

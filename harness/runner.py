@@ -1,0 +1,344 @@
+"""The runner: one test from start to verdict, with every fault undone however it ends.
+
+Phases, each written to the run directory as it happens (harness/store.py):
+setup (DB installed and started fresh, leftovers of earlier faults healed) -> the main phase
+(worker tasks invoke ops at the rate, the nemesis schedule starts and stops faults, for the time
+limit) -> the final heal (every fault class undone, recorded) -> recovery (wait for the cluster,
+then the workload's final reads) -> teardown (node logs and data collected, servers stopped) ->
+checkers -> results.json -> the report.
+
+Workers follow Jepsen: worker w drives node w % len(nodes) through its own connection, as
+process w; an op that ends `info` may still be in flight, so that process never invokes again
+and the worker continues as process w + concurrency (with a fresh connection). Ops are recorded
+in the history as they start and end. No op is ever retried behind the history's back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, load_history
+from harness import store
+from harness.client import ClientError, EtcdClient
+from harness.db import DB
+from harness.generator import OpTemplate
+from harness.inventory import Node
+from harness.remote import Remote
+from nemesis.base import Nemesis, NemesisContext
+from nemesis.schedule import Schedule
+from workloads.base import Workload
+
+log = logging.getLogger("etcdproof.runner")
+
+
+@dataclass
+class TestSpec:
+    """A test's parameters: everything needed to run it again (with the same seed)."""
+
+    workload: str = "register"
+    db: str = "reference"
+    nemesis: list[str] = field(default_factory=list)
+    nodes: str = "local"
+    time_limit: float = 60.0
+    concurrency: int = 0  # 0: two workers per node
+    rate: float = 100.0  # ops/s over all workers; 0 for as fast as they go
+    seed: int = 0
+    nemesis_interval: float = 10.0
+    op_timeout: float = 5.0
+    recovery_timeout: float = 60.0
+    name: str = ""
+
+    def test_name(self) -> str:
+        nem = "+".join(self.nemesis) if self.nemesis else "none"
+        return self.name or f"{self.workload}-{self.db}-{nem}"
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    valid: Any  # True, False or "unknown"
+    results: dict
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return {True: 0, False: 1}.get(self.valid, 2)
+
+
+def compose(results: dict[str, dict]) -> Any:
+    """Jepsen's rule: false beats unknown beats true; no checker at all is unknown."""
+    verdicts = [r.get("valid", "unknown") for r in results.values()]
+    if any(v is False for v in verdicts):
+        return False
+    if not verdicts or any(v is not True for v in verdicts):
+        return "unknown"
+    return True
+
+
+def run_checkers(workload: Workload, history: list[Op]) -> dict:
+    """Every checker of the workload on the history; one that throws gives unknown, never true."""
+    out: dict[str, dict] = {}
+    for name, fn in workload.checkers().items():
+        t0 = time.monotonic()
+        try:
+            res = fn(history)
+        except Exception as e:  # noqa: BLE001 - a crashed checker is an unknown verdict
+            log.exception("checker %s failed", name)
+            res = {"valid": "unknown", "reason": f"checker crashed: {type(e).__name__}: {e}"}
+        res.setdefault("reason", "")
+        res["seconds"] = round(time.monotonic() - t0, 3)
+        out[name] = res
+    return {"valid": compose(out), "checkers": out}
+
+
+class Progress:
+    """Counts for the live display and the log: ops by outcome, ops/s, active faults."""
+
+    def __init__(self) -> None:
+        self.counts = {OK: 0, FAIL: 0, INFO: 0}
+        self.started = time.monotonic()
+        self.phase = "setup"
+
+    def line(self, active: list[str]) -> str:
+        n = sum(self.counts.values())
+        secs = max(time.monotonic() - self.started, 1e-9)
+        faults = ", ".join(active) if active else "none"
+        return (f"{self.phase}: {n} ops ({n / secs:.0f}/s) ok {self.counts[OK]} fail {self.counts[FAIL]} "
+                f"info {self.counts[INFO]}; faults: {faults}")
+
+
+class Runner:
+    def __init__(self, spec: TestSpec, nodes: list[Node], remotes: dict[str, Remote], db: DB,
+                 workload: Workload, nemeses: list[Nemesis], run_dir: Path,
+                 can_partition: bool = True, why_not_partition: str = "",
+                 on_progress: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.nodes = nodes
+        self.remotes = remotes
+        self.db = db
+        self.workload = workload
+        self.nemeses = nemeses
+        self.run_dir = run_dir
+        self.concurrency = spec.concurrency or 2 * len(nodes)
+        self.rng = random.Random(spec.seed)
+        self.ctx = NemesisContext(nodes, remotes, db, random.Random(spec.seed ^ 0xFA17), can_partition,
+                                  why_not_partition)
+        self.progress = Progress()
+        self.on_progress = on_progress
+        self._t0 = time.monotonic_ns()
+        self._hist_file = open(run_dir / store.HISTORY, "w", encoding="utf-8")
+        self.history = HistoryWriter(self._hist_file)
+        self.schedule = Schedule(self.ctx, nemeses, spec.nemesis_interval, self.record, random.Random(spec.seed ^ 0x5C4E))
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------------ history
+    def record(self, op: Op) -> Op:
+        op.time = time.monotonic_ns() - self._t0
+        op.wall = time.time()
+        if op.process != NEMESIS and op.type != INVOKE:
+            self.progress.counts[op.type] += 1
+        return self.history.write(op)
+
+    # ------------------------------------------------------------------ workers
+    def endpoint(self, worker: int) -> tuple[Node, str]:
+        n = self.nodes[worker % len(self.nodes)]
+        return n, self.db.client_endpoint(n)
+
+    async def invoke(self, client: EtcdClient, process: int, node: Node, tmpl: OpTemplate) -> Op:
+        """One op: record the invocation, run it, record how it ended."""
+        self.record(Op(0, process, INVOKE, tmpl.f, value=None if tmpl.f == "read" else tmpl.value,
+                       key=tmpl.key, node=node.name))
+        typ, value, extra, error = INFO, None if tmpl.f == "read" else tmpl.value, {}, None
+        try:
+            typ, value, extra = await asyncio.wait_for(self.workload.invoke(client, tmpl), self.spec.op_timeout + 1.0)
+        except ClientError as e:
+            typ, error = (FAIL if e.definite else INFO), e.message
+            extra = {"code": e.code} if e.code else {}
+        except asyncio.TimeoutError:
+            error = "timeout"
+        except asyncio.CancelledError:
+            self.record(Op(0, process, INFO, tmpl.f, value=value, key=tmpl.key, node=node.name, error="interrupted"))
+            raise
+        except Exception as e:  # noqa: BLE001 - unknown outcome: the op may have happened
+            error = f"{type(e).__name__}: {e}"
+        return self.record(Op(0, process, typ, tmpl.f, value=value, key=tmpl.key, node=node.name,
+                              error=error, extra=extra))
+
+    async def worker(self, w: int) -> None:
+        node, endpoint = self.endpoint(w)
+        source = self.workload.op_source(self.spec.seed, w)
+        rng = random.Random(self.spec.seed * 7_919 + w)
+        process = w
+        client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+        # each worker waits about concurrency / rate between ops (exponential, as Jepsen's stagger)
+        mean_gap = self.concurrency / self.spec.rate if self.spec.rate > 0 else 0.0
+        try:
+            while not self._stop.is_set():
+                if mean_gap:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), rng.expovariate(1.0 / mean_gap))
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+                op = await self.invoke(client, process, node, source.next())
+                if op.type == INFO:
+                    process += self.concurrency
+                    await client.close()
+                    client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+        finally:
+            await client.close()
+
+    async def recovery(self) -> None:
+        """After the heal: wait until every member serves, then run the workload's final ops."""
+        self.progress.phase = "recovery"
+        try:
+            await asyncio.to_thread(self.db.wait_healthy, self.spec.recovery_timeout)
+        except Exception as e:  # noqa: BLE001 - the final reads then show what is unavailable
+            log.warning("cluster not healthy after the heal: %s", e)
+        tmpls = self.workload.final_ops(load_history(str(self.run_dir / store.HISTORY)))
+        queues: list[list[OpTemplate]] = [[] for _ in self.nodes]
+        for i, t in enumerate(tmpls):
+            queues[i % len(self.nodes)].append(t)
+        base = 10 * self.concurrency + 1_000_000  # processes of their own, never reused
+
+        async def drain(i: int, q: list[OpTemplate]) -> None:
+            node, endpoint = self.endpoint(i)
+            client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+            process = base + i
+            try:
+                for t in q:
+                    op = await self.invoke(client, process, node, t)
+                    if op.type == INFO:
+                        process += len(self.nodes)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(drain(i, q) for i, q in enumerate(queues) if q))
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.on_progress:
+                self.on_progress(self.progress.line(self.schedule.active))
+
+    # ------------------------------------------------------------------ phases
+    def write_test_json(self, extra: dict | None = None) -> None:
+        data = {
+            "name": self.spec.test_name(), "spec": asdict(self.spec), "concurrency": self.concurrency,
+            "nodes": [{"name": n.name, "host": n.host, "address": n.ip} for n in self.nodes],
+            "db": {"kind": self.db.kind, "versions": getattr(self, "_versions", {})},
+            "nemesis": [nem.name for nem in self.nemeses],
+            "can_partition": self.ctx.can_partition, "why_not_partition": self.ctx.why_not_partition,
+            "started": self._t0_wall, **(extra or {}),
+        }
+        store.write_json(self.run_dir / store.TEST_JSON, data)
+
+    async def run(self) -> Outcome:
+        self._t0_wall = time.time()
+        self._versions: dict[str, str] = {}
+        self.write_test_json()
+        interrupted = healed = False
+        ticker = asyncio.create_task(self._report_progress())
+        try:
+            await asyncio.to_thread(self.db.setup)
+            self._versions = {n.name: await asyncio.to_thread(self.db.version, n) for n in self.nodes}
+            self._t0 = time.monotonic_ns()  # history time counts from the end of setup
+            self.write_test_json()
+            for nem in self.nemeses:
+                await asyncio.to_thread(nem.setup, self.ctx)
+            await self.schedule.heal_all()  # leftovers of an earlier run that died before healing
+            client = EtcdClient(self.endpoint(0)[1], timeout=self.spec.op_timeout)
+            try:
+                await self.workload.setup(client)
+            finally:
+                await client.close()
+            self.progress.phase = "running"
+            self.progress.started = time.monotonic()
+            workers = [asyncio.create_task(self.worker(w)) for w in range(self.concurrency)]
+            nemesis = asyncio.create_task(self.schedule.run())
+            try:
+                await asyncio.sleep(self.spec.time_limit)
+            except asyncio.CancelledError:
+                for w in workers:  # an interrupted run records its ops in flight as info
+                    w.cancel()
+                raise
+            finally:
+                self._stop.set()
+                nemesis.cancel()
+                await asyncio.gather(nemesis, return_exceptions=True)
+                await asyncio.gather(*workers, return_exceptions=True)
+            self.progress.phase = "healing"
+            await asyncio.shield(self.schedule.heal_all())
+            healed = True
+            await self.recovery()
+        except asyncio.CancelledError:
+            interrupted = True
+        finally:
+            ticker.cancel()
+            self.progress.phase = "teardown"
+            # faults first, whatever happened above; then collect and stop the servers
+            if not healed:
+                await asyncio.shield(self.schedule.heal_all())
+            await asyncio.shield(asyncio.to_thread(self.teardown))
+            self._hist_file.close()
+        return self.finish(interrupted)
+
+    def teardown(self) -> None:
+        for n in self.nodes:
+            try:
+                self.db.collect(n, str(self.run_dir / "nodes" / n.name))
+            except Exception as e:  # noqa: BLE001 - collecting is best effort; stopping is not
+                log.warning("%s: collecting logs failed: %s", n.name, e)
+        self.db.teardown()
+
+    def finish(self, interrupted: bool) -> Outcome:
+        history = load_history(str(self.run_dir / store.HISTORY))
+        if interrupted:
+            results = {"valid": "unknown", "checkers": {}, "interrupted": True,
+                       "reason": "interrupted before the run completed; not checked"}
+        else:
+            results = run_checkers(self.workload, history)
+        store.write_json(self.run_dir / store.RESULTS, results)
+        self.write_test_json({"ended": time.time(), "interrupted": interrupted,
+                              "refused_faults": self.schedule.refused})
+        try:
+            from reports.run import render_run
+
+            render_run(self.run_dir)
+        except Exception as e:  # noqa: BLE001 - the verdict stands without its report
+            log.exception("rendering the report failed: %s", e)
+        return Outcome(self.run_dir, results["valid"], results, interrupted)
+
+
+def run_sync(runner: Runner) -> Outcome:
+    """Run on a fresh event loop; SIGINT and SIGTERM cancel the run, which then heals and tears down."""
+
+    async def main() -> Outcome:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        asked = []
+
+        def interrupt(sig: signal.Signals) -> None:
+            if not asked:  # the first signal stops the run; later ones must not cut the heal short
+                task.cancel()
+            asked.append(sig)
+            log.warning("%s: stopping; healing faults and stopping servers first", sig.name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt, sig)
+        try:
+            return await runner.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

@@ -1,0 +1,78 @@
+"""The Nemesis protocol: a fault class that can start, stop and always heal.
+
+After Jepsen's Nemesis: `setup` once before the workload, `start` and `stop` as the schedule
+says, `heal` on every exit path (it must be idempotent and must not assume start succeeded).
+`start` and `stop` return evidence that the fault really applied (the rules read back, the pid
+signalled, the state seen afterwards); that evidence goes into the history with the op. A fault
+that cannot be applied on these nodes raises FaultRefused with the reason at start, never
+silently does nothing. Methods are synchronous (they are remote commands); the schedule runs
+them in a thread.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from harness.db import DB
+from harness.inventory import Node
+from harness.remote import Remote
+
+
+class FaultRefused(Exception):
+    """This fault cannot be applied here; the message is the one-line reason."""
+
+
+@dataclass
+class NemesisContext:
+    """What a fault may touch: exactly the inventory's nodes, their remotes and the DB on them."""
+
+    nodes: list[Node]
+    remotes: dict[str, Remote]
+    db: DB
+    rng: random.Random
+    can_partition: bool = True  # False on the loopback fallback (no namespaces, no iptables)
+    why_not_partition: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+@runtime_checkable
+class Nemesis(Protocol):
+    name: str  # the fault class: partition, kill, pause, ...
+
+    def setup(self, ctx: NemesisContext) -> None: ...
+
+    def start(self, ctx: NemesisContext) -> dict:
+        """Apply one fault; return its evidence (JSON-able). FaultRefused if it cannot apply."""
+        ...
+
+    def stop(self, ctx: NemesisContext) -> dict:
+        """Undo the fault started last; return evidence that it was undone."""
+        ...
+
+    def heal(self, ctx: NemesisContext) -> dict:
+        """Undo everything this fault class may have done; idempotent; safe without start."""
+        ...
+
+
+def choose_targets(ctx: NemesisContext, mode: str) -> list[Node]:
+    """Nodes for a process fault: one, minority, majority, leader, all (asked of the cluster)."""
+    nodes = list(ctx.nodes)
+    if mode == "one":
+        return [ctx.rng.choice(nodes)]
+    if mode == "minority":
+        k = ctx.rng.randint(1, max(1, (len(nodes) - 1) // 2))
+        return ctx.rng.sample(nodes, k)
+    if mode == "majority":
+        return ctx.rng.sample(nodes, len(nodes) // 2 + 1)
+    if mode == "leader":
+        lead = ctx.db.leader()
+        if lead is None:
+            raise FaultRefused("no agreed leader to target")
+        return [lead]
+    if mode == "all":
+        return nodes
+    raise ValueError(f"unknown target mode {mode!r}: one, minority, majority, leader or all")

@@ -1,0 +1,121 @@
+"""Process faults: kill (SIGKILL, then restart) and pause (SIGSTOP, then SIGCONT).
+
+Evidence is read back from the node, not assumed: the pid signalled and, after a kill, that no
+process holds the pidfile any more; after a pause, that the kernel reports the process stopped
+(state T in /proc/<pid>/stat); after a restart or resume, the new pid or the running state.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+from harness.inventory import Node
+from nemesis.base import FaultRefused, NemesisContext, choose_targets
+
+MODES = ("one", "minority", "leader", "all")
+
+
+def proc_state(ctx: NemesisContext, n: Node, pid: int) -> str:
+    """The one-letter kernel state of pid on n (R, S, D, T, Z...), or '' if it is gone."""
+    r = ctx.remotes[n.name].run(f"cat /proc/{pid}/stat 2>/dev/null", timeout=10, check=False)
+    fields = r.out.rsplit(")", 1)
+    return fields[1].split()[0] if r.ok and len(fields) == 2 and fields[1].split() else ""
+
+
+class _ProcessFault:
+    name = "process"
+
+    def __init__(self, modes: tuple[str, ...] = MODES) -> None:
+        self.modes = modes
+        self.affected: list[Node] = []
+
+    def setup(self, ctx: NemesisContext) -> None:
+        self.affected = []
+
+    def _targets(self, ctx: NemesisContext) -> tuple[str, list[Node]]:
+        mode = ctx.rng.choice(self.modes)
+        return mode, choose_targets(ctx, mode)
+
+
+class KillNemesis(_ProcessFault):
+    """SIGKILL the targets' servers (a crash: nothing flushed); stop restarts them."""
+
+    name = "kill"
+
+    def start(self, ctx: NemesisContext) -> dict:
+        mode, targets = self._targets(ctx)
+        killed = {}
+        for n in targets:
+            pid = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n))
+            if pid is None:
+                continue  # already down (killed by an earlier fault, or crashed on its own)
+            ctx.db.kill(n)
+            gone = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None
+            killed[n.name] = {"pid": pid, "gone": gone}
+            self.affected.append(n)
+        if not killed:
+            raise FaultRefused(f"no running server among {', '.join(n.name for n in targets)}")
+        return {"mode": mode, "signal": "SIGKILL", "nodes": sorted(killed), "killed": killed}
+
+    def stop(self, ctx: NemesisContext) -> dict:
+        return self._restart(ctx, self.affected)
+
+    def heal(self, ctx: NemesisContext) -> dict:
+        """Restart every node whose server is not running (whoever stopped it)."""
+        down = [n for n in ctx.nodes if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None]
+        return self._restart(ctx, down)
+
+    def _restart(self, ctx: NemesisContext, nodes: list[Node]) -> dict:
+        started = {}
+        for n in nodes:
+            if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
+                continue
+            started[n.name] = {"pid": ctx.db.start(n)}
+        self.affected = []
+        return {"nodes": sorted(started), "started": started}
+
+
+class PauseNemesis(_ProcessFault):
+    """SIGSTOP the targets' servers (a GC pause, a frozen VM); stop sends SIGCONT."""
+
+    name = "pause"
+
+    def start(self, ctx: NemesisContext) -> dict:
+        mode, targets = self._targets(ctx)
+        paused = {}
+        for n in targets:
+            pid = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n))
+            if pid is None:
+                continue
+            ctx.db.pause(n)
+            state = ""
+            for _ in range(20):  # SIGSTOP is asynchronous; the state flips within milliseconds
+                state = proc_state(ctx, n, pid)
+                if state == "T":
+                    break
+                time.sleep(0.05)
+            paused[n.name] = {"pid": pid, "state": state}
+            self.affected.append(n)
+        if not paused:
+            raise FaultRefused(f"no running server among {', '.join(n.name for n in targets)}")
+        return {"mode": mode, "signal": "SIGSTOP", "nodes": sorted(paused), "paused": paused}
+
+    def stop(self, ctx: NemesisContext) -> dict:
+        nodes, self.affected = self.affected, []
+        return self._resume(ctx, nodes)
+
+    def heal(self, ctx: NemesisContext) -> dict:
+        self.affected = []
+        return self._resume(ctx, ctx.nodes)
+
+    def _resume(self, ctx: NemesisContext, nodes: list[Node]) -> dict:
+        resumed = {}
+        for n in nodes:
+            pid = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n))
+            if pid is None:
+                continue
+            was = proc_state(ctx, n, pid)
+            ctx.remotes[n.name].signal_daemon(ctx.db.pid_file(n), signal.SIGCONT)
+            if was == "T":
+                resumed[n.name] = {"pid": pid, "state": proc_state(ctx, n, pid)}
+        return {"nodes": sorted(resumed), "resumed": resumed}

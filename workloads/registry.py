@@ -1,0 +1,17 @@
+"""Workloads by name, as `-w` spells them."""
+from __future__ import annotations
+
+from typing import Callable
+
+from workloads.base import Workload
+from workloads.register import RegisterWorkload
+
+FACTORIES: dict[str, Callable[[], Workload]] = {
+    "register": RegisterWorkload,
+}
+
+
+def build(name: str) -> Workload:
+    if name not in FACTORIES:
+        raise ValueError(f"unknown workload {name!r}: choose from {', '.join(FACTORIES)}")
+    return FACTORIES[name]()
