@@ -9,12 +9,16 @@ Works against the reference server and real etcd alike.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import grpc
 
 from server.proto.etcdserverpb import rpc_pb2 as pb
 from server.proto.etcdserverpb import rpc_pb2_grpc as pbg
+from server.proto.v3lockpb import v3lock_pb2 as lockpb
+from server.proto.v3lockpb import v3lock_pb2_grpc as lockg
 
 # errors etcd (and the reference server) return only before proposing anything
 _DEFINITE_MESSAGES = (
@@ -111,15 +115,90 @@ class EtcdClient:
         self.kv = pbg.KVStub(self._ch)
         self.maint = pbg.MaintenanceStub(self._ch)
         self.lease = pbg.LeaseStub(self._ch)
+        self.watcher = pbg.WatchStub(self._ch)
+        self.locker = lockg.LockStub(self._ch)
 
     async def close(self) -> None:
         await self._ch.close()
 
-    async def _call(self, fn, req, read_only: bool):
+    async def _call(self, fn, req, read_only: bool, timeout: float | None = None):
         try:
-            return await fn(req, timeout=self.timeout, wait_for_ready=False)
+            return await fn(req, timeout=timeout or self.timeout, wait_for_ready=False)
         except grpc.aio.AioRpcError as e:
             raise classify(e, read_only) from None
+
+    # ------------------------------------------------------------- raw requests
+    async def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        return await self._call(self.kv.Range, req, True)
+
+    async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        """A Txn; read-only when it has no puts or deletes (then any error is definite)."""
+        writes = any(op.WhichOneof("request") != "request_range" for op in [*req.success, *req.failure])
+        return await self._call(self.kv.Txn, req, not writes)
+
+    async def lease_grant(self, ttl: int) -> int:
+        r = await self._call(self.lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl), False)
+        return r.ID
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self._call(self.lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease), False)
+
+    async def lease_ttl(self, lease: int) -> int:
+        """The lease's remaining TTL in seconds; -1 when it has expired or never existed."""
+        r = await self._call(self.lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lease), True)
+        return r.TTL
+
+    async def lease_keepalive_once(self, lease: int) -> int:
+        """One keep-alive on a stream of its own; returns the new TTL (0 or less: the lease is gone)."""
+        call = self.lease.LeaseKeepAlive(timeout=self.timeout)
+        try:
+            await call.write(pb.LeaseKeepAliveRequest(ID=lease))
+            r = await call.read()
+            await call.done_writing()
+        except grpc.aio.AioRpcError as e:
+            raise classify(e, True) from None
+        finally:
+            call.cancel()
+        if r is grpc.aio.EOF:
+            raise Indefinite("keep-alive stream closed", "UNAVAILABLE")
+        return r.TTL
+
+    async def lock(self, name: str, lease: int, timeout: float | None = None) -> bytes:
+        """v3lock Lock: blocks until held; returns the lock's key (ownership lasts while the lease lives)."""
+        r = await self._call(self.locker.Lock, lockpb.LockRequest(name=name.encode(), lease=lease), False, timeout)
+        return r.key
+
+    async def unlock(self, key: bytes) -> None:
+        await self._call(self.locker.Unlock, lockpb.UnlockRequest(key=key), False)
+
+    async def watch(self, create: pb.WatchCreateRequest, progress_every: float = 0.0) -> AsyncIterator[pb.WatchResponse]:
+        """Open one watch and yield its responses until the stream ends or fails.
+
+        With progress_every > 0 a progress request is sent at that interval. Errors end the
+        iteration with Definite/Indefinite like any call (a watch has no effect to be unsure of,
+        so the caller only learns that the stream is gone).
+        """
+        call = self.watcher.Watch()
+        await call.write(pb.WatchRequest(create_request=create))
+
+        async def ask_progress() -> None:
+            while True:
+                await asyncio.sleep(progress_every)
+                await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+
+        pinger = asyncio.ensure_future(ask_progress()) if progress_every > 0 else None
+        try:
+            while True:
+                r = await call.read()
+                if r is grpc.aio.EOF:
+                    return
+                yield r
+        except grpc.aio.AioRpcError as e:
+            raise classify(e, True) from None
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+            call.cancel()
 
     async def get(self, key: str, serializable: bool = False) -> ReadResult:
         r = await self._call(self.kv.Range, pb.RangeRequest(key=key.encode(), serializable=serializable), True)
