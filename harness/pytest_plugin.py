@@ -1,0 +1,131 @@
+"""etcdproof's pytest plugin: run real tests on real nodes from pytest.
+
+    pytest                                   # unit tests + short fault runs on the embedded cluster
+    vagrant up && pytest --nodes vagrant     # the same runs on the VMs
+    pytest --db etcd --time-limit 60         # only real etcd, longer runs
+    pytest --nodes-file nodes.toml           # your own machines
+
+Options: --nodes, --nodes-file, --username, --ssh-private-key (as `etcdproof test`), --db
+reference|etcd|both (which targets the parametrized run tests use), --time-limit (seconds of
+each fault run, overriding the test's own short limit).
+
+Fixtures: `etcdproof_inventory` (the nodes for the whole session; the embedded cluster is
+built if needed and torn down at the end if this session built it), `db_kind` (parametrized
+over the --db targets) and `run_etcdproof` (runs one TestSpec on the inventory and returns the
+Outcome; the run directory is kept under pytest's temporary directory and named on failure).
+Registered through the `pytest11` entry point, so any pytest in this venv has it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+TARGETS = ("reference", "etcd")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("etcdproof", "etcdproof runs on real nodes")
+    g.addoption("--nodes", default="local", help="local (embedded cluster, default), loopback, vagrant, or n1,n2,n3")
+    g.addoption("--nodes-file", default=None, help="TOML file of nodes")
+    g.addoption("--username", default="root", help="SSH user for --nodes names")
+    g.addoption("--ssh-private-key", default=None, help="SSH key for --nodes names")
+    g.addoption("--db", default="both", choices=[*TARGETS, "both"], help="targets of the run tests")
+    g.addoption("--time-limit", type=float, default=None, help="seconds per fault run (default: each test's own)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_kind" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--db")
+        kinds = list(TARGETS) if chosen == "both" else [chosen]
+        metafunc.parametrize("db_kind", kinds)
+
+
+def _args(config: pytest.Config) -> argparse.Namespace:
+    return argparse.Namespace(nodes=config.getoption("--nodes"), nodes_file=config.getoption("--nodes-file"),
+                              username=config.getoption("--username"),
+                              ssh_private_key=config.getoption("--ssh-private-key"), node_count=5)
+
+
+@pytest.fixture(scope="session")
+def etcdproof_inventory(request: pytest.FixtureRequest):
+    """The session's nodes. For --nodes local: skip (with the reason) when no namespaces can be
+    built; tear the embedded cluster down afterwards if this session built it."""
+    from harness.inventory import InventoryError, load
+    from harness.remote import RemoteError
+
+    args = _args(request.config)
+    built_here = False
+    if args.nodes in ("local", "embedded") and not args.nodes_file:
+        from harness.embedded import DEFAULT_STATE_DIR, EmbeddedCluster, cannot_build
+
+        why = cannot_build()
+        if why:
+            pytest.skip(f"embedded cluster impossible here: {why}")
+        built_here = EmbeddedCluster(DEFAULT_STATE_DIR).load() is None
+    try:
+        inv = load(nodes=args.nodes, nodes_file=args.nodes_file, username=args.username,
+                   ssh_private_key=args.ssh_private_key, node_count=args.node_count, built_by="pytest")
+    except (InventoryError, RemoteError) as e:
+        pytest.fail(f"cannot reach the test nodes: {e}", pytrace=False)
+    yield inv
+    inv.close()
+    if built_here:
+        from harness.embedded import down
+
+        down()
+
+
+def session_ports(config: pytest.Config) -> tuple[int, int, int]:
+    """Client, peer and gateway ports for this session's servers: never 2379/2380, and
+    different from a leftover session's (so a stray process from a crashed run cannot answer)."""
+    if not hasattr(config, "_etcdproof_ports"):
+        base = random.Random(os.getpid()).randrange(20_000, 29_000, 10)
+        config._etcdproof_ports = (base, base + 1, base + 2)  # type: ignore[attr-defined]
+    return config._etcdproof_ports  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, tmp_path_factory) -> Callable:
+    """run(workload=..., db=..., nemesis=[...], time_limit=..., nodes=k, **spec) -> Outcome."""
+    from harness import store
+    from harness.db import DBConfig, make_db
+    from harness.runner import Runner, TestSpec, run_sync
+    from nemesis import registry as nemeses
+    from workloads import registry as workloads
+
+    inv = etcdproof_inventory
+    client, peer, http = session_ports(request.config)
+    root = tmp_path_factory.mktemp("store")
+
+    def run(workload: str = "register", db: str = "reference", nemesis: list[str] | None = None,
+            time_limit: float = 20.0, nodes: int | None = None, **kw):
+        limit = request.config.getoption("--time-limit") or time_limit
+        spec = TestSpec(workload=workload, db=db, nemesis=list(nemesis or []), nodes=inv.kind,
+                        time_limit=limit, seed=kw.pop("seed", random.randrange(1, 2**31)), **kw)
+        chosen = inv.nodes[: nodes or len(inv.nodes)]
+        remotes = {n.name: inv.remotes[n.name] for n in chosen}
+        cfg = DBConfig(client_port=client, peer_port=peer, http_port=http)
+        target = make_db(db, chosen, remotes, cfg)
+        run_dir = store.new_run_dir(Path(root), spec.test_name())
+        runner = Runner(spec, chosen, remotes, target, workloads.build(workload), nemeses.build(spec.nemesis),
+                        run_dir, can_partition=inv.can_partition, why_not_partition=inv.why_not_partition)
+        outcome = run_sync(runner)
+        request.node.user_properties.append(("etcdproof_run", str(run_dir)))
+        return outcome
+
+    return run
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        for name, value in item.user_properties:
+            if name == "etcdproof_run":
+                rep.sections.append(("etcdproof run", f"{value}/index.html"))
