@@ -69,7 +69,7 @@ def etcdproof_inventory(request: pytest.FixtureRequest):
         built_here = EmbeddedCluster(DEFAULT_STATE_DIR).load() is None
     try:
         inv = load(nodes=args.nodes, nodes_file=args.nodes_file, username=args.username,
-                   ssh_private_key=args.ssh_private_key, node_count=args.node_count, built_by="pytest")
+                   ssh_private_key=args.ssh_private_key, node_count=args.node_count)
     except (InventoryError, RemoteError) as e:
         pytest.fail(f"cannot reach the test nodes: {e}", pytrace=False)
     yield inv
