@@ -287,6 +287,7 @@ class EmbeddedCluster:
             f"PidFile {d}/sshd.pid",
             f"AuthorizedKeysFile {self.control_key}.pub",
             "PermitRootLogin prohibit-password",
+            "AllowUsers root",  # the control key opens root's account only
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",

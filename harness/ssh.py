@@ -93,7 +93,7 @@ class ShellRemote:
         q = shlex.quote
         envs = " ".join(q(f"{k}={v}") for k, v in (env or {}).items())
         # the child writes its own pid (before exec, so the pid is the daemon's) then execs
-        inner = 'echo $$ > "$0"; exec nohup "$@"'
+        inner = ': etcdproof-daemon; echo $$ > "$0"; exec nohup "$@"'
         script = "\n".join([
             f"command -v -- {q(argv[0])} >/dev/null || {{ echo 'no such program: {argv[0]}' >&2; exit 127; }}",
             f"mkdir -p -- {q(posixpath.dirname(pidfile) or '.')} {q(posixpath.dirname(logfile) or '.')}",
@@ -103,13 +103,23 @@ class ShellRemote:
             f"env {envs} setsid sh -c {q(inner)} {q(pidfile)} {' '.join(q(a) for a in argv)}"
             f" >> {q(logfile)} 2>&1 < /dev/null &",
             f"i=0; while [ ! -s {q(pidfile)} ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done",
-            f"cat {q(pidfile)}",
+            f"p=$(cat {q(pidfile)}) || exit 1",
+            # wait until the wrapper and nohup have exec'd the program (or it died)
+            "i=0; while [ -r /proc/$p/cmdline ] && [ $i -lt 500 ]; do",
+            "  case $(tr '\\0' ' ' < /proc/$p/cmdline) in *etcdproof-daemon*|'nohup '*) ;; *) break;; esac",
+            "  sleep 0.005; i=$((i+1)); done",
+            "echo $p",
+            f"if [ -r /proc/$p/cmdline ]; then echo running; else echo exited; tail -n 3 {q(logfile)}; fi",
         ])
         res = self.run(script, timeout=30, check=False)
-        if res.exit != 0 or not res.out.strip().isdigit():
+        lines = res.out.splitlines()
+        if res.exit != 0 or len(lines) < 2 or not lines[0].isdigit():
             detail = one_line(res.err) or one_line(res.out) or "no pidfile written"
             raise self.fail(f"cannot start {short_cmd(' '.join(argv))}: {detail}")
-        return int(res.out.strip())
+        if lines[1] != "running":
+            tail = one_line("\n".join(lines[2:])) or "no output"
+            raise self.fail(f"{short_cmd(' '.join(argv))} exited at once: {tail}")
+        return int(lines[0])
 
     def daemon_pid(self, pidfile: str) -> int | None:
         q = shlex.quote(pidfile)
