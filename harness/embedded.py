@@ -115,6 +115,12 @@ def pick_subnet(used: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
     raise EmbeddedError("no free 10.231.x.0/24 subnet for the embedded cluster")
 
 
+def mac_for(ip: str) -> str:
+    """A fixed, locally administered MAC per address: a node rebuilt by a repair keeps its MAC,
+    so the neighbours' ARP caches stay right (a new random MAC would blackhole it for a while)."""
+    return "02:e7:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+
+
 def ssh_banner(ip: str, port: int = 22, timeout: float = 1.0) -> bool:
     """Whether an SSH server answers at ip:port (reads its banner)."""
     try:
@@ -235,7 +241,10 @@ class EmbeddedCluster:
 
     # ------------------------------------------------------------------ build
     def up(self, n: int = 5, built_by: str = "cli") -> list[Node]:
-        """Build the cluster, or reuse and repair the existing one; return its nodes."""
+        """Build the cluster, or reuse and repair the existing one; return its first n nodes.
+
+        A cluster with more nodes is reused as it is (others may be using it); one with fewer
+        is grown. `down` first to shrink it."""
         why = cannot_build()
         if why:
             raise EmbeddedUnavailable(f"cannot build the embedded cluster: {why}")
@@ -243,12 +252,15 @@ class EmbeddedCluster:
             raise EmbeddedError(f"cluster size {n}: must be 1..200")
         with self.locked():
             st = self.load()
-            if st is not None and len(st["nodes"]) != n:
-                self._down(st)
-                st = None
             if st is None:
                 st = self.plan(n)
                 st["built_by"] = built_by
+                self.save(st)
+            elif len(st["nodes"]) < n:  # grow; never tear down what others may be using
+                base = ipaddress.ip_network(st["subnet"]).network_address
+                p = st["prefix"]
+                st["nodes"] += [{"name": f"n{i}", "netns": f"{p}-n{i}", "veth": f"{p}-v{i}",
+                                 "ip": str(base + FIRST_HOST - 1 + i)} for i in range(len(st["nodes"]) + 1, n + 1)]
                 self.save(st)
             self._ensure_keys(st)
             self._ensure_bridge(st)
@@ -259,7 +271,7 @@ class EmbeddedCluster:
                 self._ensure_sshd(m)
             self._verify(st)
             self.save(st)
-            return self.nodes(st)
+            return self.nodes(st)[:n]
 
     def _ensure_keys(self, st: dict) -> None:
         if not os.path.exists(self.control_key):
@@ -309,7 +321,7 @@ class EmbeddedCluster:
     def _ensure_bridge(self, st: dict) -> None:
         br, subnet = st["bridge"], ipaddress.ip_network(st["subnet"])
         if sh("ip", "link", "show", br, check=False).returncode != 0:
-            sh("ip", "link", "add", br, "type", "bridge")
+            sh("ip", "link", "add", br, "address", mac_for(st["control_ip"]), "type", "bridge")
         sh("ip", "addr", "replace", f"{st['control_ip']}/{subnet.prefixlen}", "dev", br)
         sh("ip", "link", "set", br, "up")
 
@@ -325,7 +337,8 @@ class EmbeddedCluster:
                 sh("ip", "link", "del", m.veth)
             if inside:
                 sh("ip", "-n", m.netns, "link", "del", "eth0")
-            sh("ip", "link", "add", m.veth, "type", "veth", "peer", "name", "eth0", "netns", m.netns)
+            sh("ip", "link", "add", m.veth, "type", "veth", "peer", "name", "eth0", "netns", m.netns,
+               "address", mac_for(m.ip))
         sh("ip", "link", "set", m.veth, "master", st["bridge"], "up")
         sh("ip", "-n", m.netns, "addr", "replace", f"{m.ip}/{prefixlen}", "dev", "eth0")
         sh("ip", "-n", m.netns, "link", "set", "eth0", "up")
@@ -387,7 +400,12 @@ class EmbeddedCluster:
 
     def _ensure_forwarding(self, st: dict, force: bool = False) -> None:
         """If the host's FORWARD chain would drop traffic between our nodes, accept it, minimally."""
-        if st.get("forward_rule") or not self.bridged_frames_filtered() or shutil.which("iptables") is None:
+        rule = st.get("forward_rule")
+        if rule:  # recorded: make sure it is still there
+            if sh("iptables", "-w", "-C", *rule, check=False).returncode != 0:
+                sh("iptables", "-w", "-I", rule[0], "1", *rule[1:])
+            return
+        if not self.bridged_frames_filtered() or shutil.which("iptables") is None:
             return
         policy = sh("iptables", "-w", "-S", "FORWARD", check=False).stdout.splitlines()[:1]
         if force or policy != ["-P FORWARD ACCEPT"]:
@@ -450,9 +468,15 @@ class EmbeddedCluster:
             if os.path.exists(f"/run/netns/{m.netns}"):
                 sh("ip", "netns", "del", m.netns)
                 removed.append(f"netns {m.netns}")
+            # the pair goes with the namespace, asynchronously: delete it if it is still there
             if sh("ip", "link", "show", m.veth, check=False).returncode == 0:
-                sh("ip", "link", "del", m.veth)
-                removed.append(f"veth {m.veth}")
+                if sh("ip", "link", "del", m.veth, check=False).returncode == 0:
+                    removed.append(f"veth {m.veth}")
+                deadline = time.monotonic() + 5
+                while sh("ip", "link", "show", m.veth, check=False).returncode == 0:
+                    if time.monotonic() > deadline:
+                        raise EmbeddedError(f"{m.name}: veth {m.veth} does not go away")
+                    time.sleep(0.02)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.node_dir(m.name), "sshd.pid"))
         if sh("ip", "link", "show", st["bridge"], check=False).returncode == 0:
