@@ -298,6 +298,23 @@ class SSHRemote(ShellRemote):
         """Connect now (otherwise the first command does); raises the one-line RemoteError."""
         self._transport()
 
+    def _open_session(self):
+        """A new channel. A connection found dead here is replaced once: nothing has run yet."""
+        import paramiko
+
+        for attempt in (1, 2):
+            transport = self._transport()
+            try:
+                return transport.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                with self._lock:
+                    if self._client is not None and self._client.get_transport() is transport:
+                        self._client.close()
+                        self._client = None
+                if attempt == 2:
+                    raise self.fail(f"cannot open a session: {one_line(str(e)) or e.__class__.__name__}") from None
+        raise AssertionError("unreachable")
+
     # ---------------------------------------------------------------- commands
     def wrap(self, cmd: str, timeout: float) -> str:
         """The command line sent: a remote `timeout` as a backstop, sudo when not root."""
@@ -307,15 +324,7 @@ class SSHRemote(ShellRemote):
     def run(self, cmd: str, timeout: float = 60.0, check: bool = True, stdin: str | None = None) -> Result:
         import paramiko
 
-        transport = self._transport()
-        try:
-            ch = transport.open_session(timeout=self.connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            with self._lock:
-                if self._client is not None and self._client.get_transport() is transport:
-                    self._client.close()
-                    self._client = None
-            raise self.fail(f"cannot open a session: {one_line(str(e)) or e.__class__.__name__}") from None
+        ch = self._open_session()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         try:
@@ -369,8 +378,9 @@ class SSHRemote(ShellRemote):
         if not os.path.isfile(local):
             raise self.fail(f"upload: no local file {local}")
         root = self.spec.user == "root"
-        staging = (f"{remote}.part-{uuid.uuid4().hex[:8]}" if root
-                   else f"/tmp/etcdproof-upload-{uuid.uuid4().hex}")
+        part = f"{remote}.part-{uuid.uuid4().hex[:8]}"
+        # not root: SFTP writes as the login user, so stage in /tmp and copy as root (root-owned)
+        staging = part if root else f"/tmp/etcdproof-upload-{uuid.uuid4().hex}"
         sftp = self._sftp()
         try:
             sftp.put(local, staging)
@@ -378,7 +388,12 @@ class SSHRemote(ShellRemote):
             raise self.fail(f"upload {local} -> {remote}: {getattr(e, 'strerror', None) or e}") from None
         finally:
             sftp.close()
-        self.run(f"mv -f -- {shlex.quote(staging)} {shlex.quote(remote)}", timeout=60)
+        q = shlex.quote
+        if root:
+            self.run(f"mv -f -- {q(part)} {q(remote)}", timeout=60)
+        else:
+            self.run(f"cp -- {q(staging)} {q(part)} && mv -f -- {q(part)} {q(remote)}; s=$?; rm -f -- {q(staging)}; exit $s",
+                     timeout=120)
 
     def download(self, remote: str, local: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)

@@ -124,6 +124,12 @@ def test_command_is_not_rerun_when_the_connection_dies(embedded_cluster, scratch
         with pytest.raises(RemoteError, match="connection lost while running"):
             r.run(f"echo hit >> {scratch}/hits; {find_sshd}; kill -9 $p; sleep 5", timeout=10)
         assert r.run(f"cat {scratch}/hits").out == "hit\n"  # reconnected, and ran once only
+        # a connection that dies while idle is replaced before the next command
+        r.run(f"{find_sshd}; setsid sh -c \"sleep 0.3; kill -9 $p\" >/dev/null 2>&1 < /dev/null &")
+        before = r._transport()
+        time.sleep(0.8)
+        assert r.run("echo fine").out == "fine\n"
+        assert r._transport() is not before  # it really was a new connection
     finally:
         r.close()
 
@@ -326,3 +332,77 @@ def test_unreachable_host(embedded_cluster):
     assert msg.startswith(f"n9 (root@{ghost.host}:22): ") and "\n" not in msg
     assert "timed out" in msg or "No route to host" in msg
     assert time.monotonic() - t0 < 6
+
+
+@pytest.fixture
+def sudo_user_sshd(embedded_cluster):
+    """An sshd in n4's namespace that admits only user `eptuser` (uid 4242, passwordless sudo).
+
+    The user exists only inside a private mount namespace of that sshd (passwd, group, shadow
+    and sudoers bind-mounted over copies), so this machine's accounts are never changed."""
+    import shutil
+    import tempfile
+
+    if shutil.which("sudo") is None or not os.path.exists("/etc/sudoers"):
+        pytest.skip("sudo not installed (Debian package sudo; `make test` installs it)")
+    n4 = embedded_cluster.nodes[3]
+    d = tempfile.mkdtemp(prefix="etcdproof-sudo-", dir="/tmp")
+    os.chmod(d, 0o755)
+    home = os.path.join(d, "home")
+    os.mkdir(home)
+    os.chown(home, 4242, 4242)
+    for name, line in (("passwd", f"eptuser:x:4242:4242::{home}:/bin/sh"), ("group", "eptuser:x:4242:"),
+                       ("shadow", "eptuser:*:19000:0:99999:7:::")):
+        with open(f"/etc/{name}") as f:
+            text = f.read()
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text + line + "\n")
+    with open(os.path.join(d, "sudoers"), "w") as f:
+        f.write("root ALL=(ALL:ALL) ALL\neptuser ALL=(ALL) NOPASSWD: ALL\n")
+    os.chmod(os.path.join(d, "sudoers"), 0o440)
+    key = os.path.join(d, "key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    os.chmod(key + ".pub", 0o644)
+    state = os.path.dirname(n4.known_hosts)
+    with open(f"{state}/n4/sshd_config") as f:
+        conf = f.read()
+    port = node_free_port(embedded_cluster.remotes["n4"])
+    conf = (conf.replace(f"ListenAddress {n4.ip}:22", f"ListenAddress {n4.ip}:{port}")
+            .replace("AllowUsers root", "AllowUsers eptuser")
+            .replace(f"PidFile {state}/n4/sshd.pid", f"PidFile {d}/sshd.pid")
+            .replace(f"AuthorizedKeysFile {state}/control_key.pub", f"AuthorizedKeysFile {key}.pub"))
+    with open(os.path.join(d, "sshd_config"), "w") as f:
+        f.write(conf)
+    binds = "; ".join(f"mount --bind {d}/{x} /etc/{x}" for x in ("passwd", "group", "shadow", "sudoers"))
+    subprocess.run(["ip", "netns", "exec", n4.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f"{binds}; exec /usr/sbin/sshd -f {d}/sshd_config -E {d}/sshd.log"], check=True)
+    node = Node("u4", n4.ip, port, user="eptuser", key=key, host_keys="off")
+    try:
+        yield node
+    finally:
+        try:
+            os.kill(int(open(f"{d}/sshd.pid").read()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_non_root_user_goes_through_sudo(sudo_user_sshd, tmp_path):
+    r = SSHRemote(sudo_user_sshd, retry_for=5)
+    d = f"/var/tmp/etcdproof-sudo-test-{uuid.uuid4().hex[:8]}"
+    try:
+        assert r.run("id -u; printf %s \"$SUDO_USER\"").out == "0\neptuser"  # root, via sudo -n
+        r.run(f"mkdir -m 700 {d}")
+        src = tmp_path / "f"
+        src.write_bytes(os.urandom(5000))
+        r.upload(str(src), f"{d}/f")  # staged in /tmp as the user, moved into place as root
+        assert r.run(f"stat -c %U {d}/f").out.strip() == "root"
+        r.download(f"{d}/f", str(tmp_path / "back"))  # a root-only file, copied out for the user
+        assert (tmp_path / "back").read_bytes() == src.read_bytes()
+        assert r.run("ls /tmp | grep -c etcdproof-upload- || true").out.strip() == "0"  # no staging left
+        pid = r.start_daemon(["sleep", "30"], f"{d}/log", f"{d}/pid")
+        assert r.run(f"stat -c %u /proc/{pid}").out.strip() == "0" and r.daemon_pid(f"{d}/pid") == pid
+        assert r.signal_daemon(f"{d}/pid", signal.SIGKILL)
+    finally:
+        r.run(f"rm -rf {d}", check=False)
+        r.close()
