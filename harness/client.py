@@ -228,3 +228,12 @@ class EtcdClient:
 
     async def status(self) -> pb.StatusResponse:
         return await self._call(self.maint.Status, pb.StatusRequest(), True)
+
+    async def hash_kv(self, revision: int = 0) -> pb.HashKVResponse:
+        """The member's hash of its key-value history up to revision (0: its latest)."""
+        return await self._call(self.maint.HashKV, pb.HashKVRequest(revision=revision), True)
+
+    async def compact(self, revision: int, physical: bool = False) -> int:
+        """Compact the key-value history up to revision; returns the response's revision."""
+        r = await self._call(self.kv.Compact, pb.CompactionRequest(revision=revision, physical=physical), False)
+        return r.header.revision
