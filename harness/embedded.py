@@ -345,17 +345,11 @@ class EmbeddedCluster:
 
     def sshd_pid(self, m: EmbeddedNode) -> int | None:
         """The node's sshd if it runs, from our config, in the node's namespace."""
-        try:
-            with open(os.path.join(self.node_dir(m.name), "sshd.pid")) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-        if self._is_our_sshd(m, pid) and same_netns(pid, m.netns):
-            return pid
-        return None
+        pid = self._our_sshd(m)
+        return pid if pid is not None and same_netns(pid, m.netns) else None
 
-    def _stray_sshd(self, m: EmbeddedNode) -> int | None:
-        """Our sshd for m alive somewhere else (its namespace was deleted under it)."""
+    def _our_sshd(self, m: EmbeddedNode) -> int | None:
+        """Our sshd for m if it lives, in whatever namespace (its own may have been deleted under it)."""
         try:
             with open(os.path.join(self.node_dir(m.name), "sshd.pid")) as f:
                 pid = int(f.read().strip())
@@ -371,7 +365,7 @@ class EmbeddedCluster:
     def _ensure_sshd(self, m: EmbeddedNode) -> None:
         if self.sshd_pid(m) is not None and ssh_banner(m.ip):
             return
-        stray = self._stray_sshd(m)
+        stray = self._our_sshd(m)
         if stray is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stray, signal.SIGKILL)
@@ -455,7 +449,7 @@ class EmbeddedCluster:
             if os.path.exists(f"/run/netns/{m.netns}"):
                 out = sh("ip", "netns", "pids", m.netns, check=False).stdout
                 pids |= {int(p) for p in out.split() if p.isdigit()}
-            stray = self._stray_sshd(m)
+            stray = self._our_sshd(m)
             if stray is not None:
                 pids.add(stray)
             for pid in pids:
