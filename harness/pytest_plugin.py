@@ -51,22 +51,80 @@ def _args(config: pytest.Config) -> argparse.Namespace:
                               ssh_private_key=config.getoption("--ssh-private-key"), node_count=5)
 
 
+_embedded: dict = {}
+
+
+def embedded_session_inventory(count: int = 5):
+    """The embedded cluster for this pytest session, shared with concurrent sessions.
+
+    Built when first asked for (or reused if up), partitions healed before use. Sessions hold a
+    shared flock on the cluster's sessions.lock; the last one out tears the cluster down if a
+    test session built it (one built by `etcdproof cluster up` is left up). pytest.skip with the
+    reason when the cluster cannot be built here.
+    """
+    if "inv" in _embedded:
+        return _embedded["inv"]
+    import fcntl
+
+    from harness.embedded import DEFAULT_STATE_DIR, EmbeddedCluster, cannot_build
+    from harness.inventory import embedded_inventory
+    from nemesis import partition
+
+    why = cannot_build()
+    if why:
+        pytest.skip(f"embedded cluster: {why}")
+    c = EmbeddedCluster(DEFAULT_STATE_DIR)
+    os.makedirs(c.state_dir, mode=0o700, exist_ok=True)
+    users = open(os.path.join(c.state_dir, "sessions.lock"), "w")
+    fcntl.flock(users, fcntl.LOCK_SH)
+    inv = embedded_inventory(count, built_by="pytest")
+    partition.heal(inv.nodes, inv.remotes)  # a crashed earlier run may have left rules
+    _embedded.update(inv=inv, users=users, cluster=c)
+    return inv
+
+
+def finish_embedded_session() -> None:
+    """Close the remotes; tear the cluster down if tests built it and no other session uses it."""
+    import fcntl
+
+    inv, users, c = _embedded.pop("inv", None), _embedded.pop("users", None), _embedded.pop("cluster", None)
+    if inv is None:
+        return
+    inv.close()
+    fcntl.flock(users, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        users.close()
+        return  # another session still uses it
+    try:
+        st = c.load()
+        if st and st.get("built_by") == "pytest":
+            c.down()
+    finally:
+        users.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    finish_embedded_session()
+
+
+@pytest.fixture(scope="session")
+def embedded_cluster():
+    """Inventory of the embedded cluster n1..n5 (namespaces, bridge, sshd each; SSHRemotes)."""
+    return embedded_session_inventory()
+
+
 @pytest.fixture(scope="session")
 def etcdproof_inventory(request: pytest.FixtureRequest):
-    """The session's nodes. For --nodes local: skip (with the reason) when no namespaces can be
-    built; tear the embedded cluster down afterwards if this session built it."""
+    """The session's nodes, as --nodes/--nodes-file say (the embedded cluster by default)."""
     from harness.inventory import InventoryError, load
     from harness.remote import RemoteError
 
     args = _args(request.config)
-    built_here = False
     if args.nodes in ("local", "embedded") and not args.nodes_file:
-        from harness.embedded import DEFAULT_STATE_DIR, EmbeddedCluster, cannot_build
-
-        why = cannot_build()
-        if why:
-            pytest.skip(f"embedded cluster impossible here: {why}")
-        built_here = EmbeddedCluster(DEFAULT_STATE_DIR).load() is None
+        yield embedded_session_inventory(args.node_count)
+        return
     try:
         inv = load(nodes=args.nodes, nodes_file=args.nodes_file, username=args.username,
                    ssh_private_key=args.ssh_private_key, node_count=args.node_count)
@@ -74,10 +132,6 @@ def etcdproof_inventory(request: pytest.FixtureRequest):
         pytest.fail(f"cannot reach the test nodes: {e}", pytrace=False)
     yield inv
     inv.close()
-    if built_here:
-        from harness.embedded import down
-
-        down()
 
 
 def session_ports(config: pytest.Config) -> tuple[int, int, int]:
@@ -113,7 +167,8 @@ def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, tmp_path_
         target = make_db(db, chosen, remotes, cfg)
         run_dir = store.new_run_dir(Path(root), spec.test_name())
         runner = Runner(spec, chosen, remotes, target, workloads.build(workload), nemeses.build(spec.nemesis),
-                        run_dir, can_partition=inv.can_partition, why_not_partition=inv.why_not_partition)
+                        run_dir, can_partition=inv.can_partition, why_not_partition=inv.why_not_partition,
+                        control_ip=inv.control_ip)
         outcome = run_sync(runner)
         request.node.user_properties.append(("etcdproof_run", str(run_dir)))
         return outcome

@@ -118,7 +118,7 @@ class Progress:
 class Runner:
     def __init__(self, spec: TestSpec, nodes: list[Node], remotes: dict[str, Remote], db: DB,
                  workload: Workload, nemeses: list[Nemesis], run_dir: Path,
-                 can_partition: bool = True, why_not_partition: str = "",
+                 can_partition: bool = True, why_not_partition: str = "", control_ip: str | None = None,
                  on_progress: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.nodes = nodes
@@ -130,7 +130,7 @@ class Runner:
         self.concurrency = spec.concurrency or 2 * len(nodes)
         self.rng = random.Random(spec.seed)
         self.ctx = NemesisContext(nodes, remotes, db, random.Random(spec.seed ^ 0xFA17), can_partition,
-                                  why_not_partition)
+                                  why_not_partition, control_ip)
         self.progress = Progress()
         self.on_progress = on_progress
         self._t0 = time.monotonic_ns()

@@ -99,6 +99,7 @@ def run_one(args: argparse.Namespace, workload_name: str) -> Outcome:
     display = Display()
     runner = Runner(spec, inv.nodes, inv.remotes, db, workload, nemeses.build(spec.nemesis), run_dir,
                     can_partition=inv.can_partition, why_not_partition=inv.why_not_partition,
+                    control_ip=inv.control_ip,
                     on_progress=None if args.no_progress else display)
     try:
         if not args.no_progress and sys.stderr.isatty():

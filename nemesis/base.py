@@ -33,6 +33,7 @@ class NemesisContext:
     rng: random.Random
     can_partition: bool = True  # False on the loopback fallback (no namespaces, no iptables)
     why_not_partition: str = ""
+    control_ip: str | None = None  # the harness's own address as the nodes see it; never cut off
     extra: dict[str, Any] = field(default_factory=dict)
 
     def node(self, name: str) -> Node:

@@ -250,3 +250,65 @@ def rules(nodes: Sequence[Any], remotes: Mapping[str, Any]) -> dict[str, list[st
     if errors:
         raise PartitionError("cannot read partition rules: " + "; ".join(errors[k] for k in sorted(errors)))
     return dict(sorted(found.items()))
+
+
+# ---------------------------------------------------------------- the fault
+MODES = ("halves", "minority", "one", "leader", "majorities-ring", "bridge")
+
+
+class PartitionNemesis:
+    """`--nemesis partition`: each start cuts the network by a grudge of a randomly chosen mode
+    (random halves, a minority from the majority, one node, the current leader, a majorities ring,
+    a bridge); stop and heal remove our rules. Refused where partitions are impossible."""
+
+    name = "partition"
+
+    def __init__(self, modes: Sequence[str] = MODES) -> None:
+        unknown = set(modes) - set(MODES)
+        if unknown:
+            raise ValueError(f"unknown partition mode {sorted(unknown)[0]!r}: {', '.join(MODES)}")
+        self.modes = tuple(modes)
+
+    def setup(self, ctx) -> None:
+        pass
+
+    def grudge(self, ctx, mode: str) -> Grudge:
+        nodes, rng = ctx.nodes, ctx.rng
+        if mode == "halves":
+            return random_halves(nodes, rng)
+        if mode == "minority":
+            return minority_majority(nodes, rng)
+        if mode == "one":
+            return isolate(nodes, rng.choice(nodes))
+        if mode == "leader":
+            from nemesis.base import FaultRefused
+
+            lead = ctx.db.leader()
+            if lead is None:
+                raise FaultRefused("no agreed leader to isolate")
+            return isolate(nodes, lead)
+        if mode == "majorities-ring":
+            return majorities_ring(nodes, rng)
+        return bridge(nodes, rng)
+
+    def start(self, ctx) -> dict:
+        from nemesis.base import FaultRefused
+
+        if not ctx.can_partition:
+            raise FaultRefused(ctx.why_not_partition or "partitions are not possible on these nodes")
+        usable = [m for m in self.modes if len(ctx.nodes) >= (3 if m in ("minority", "bridge") else 2)]
+        if not usable:
+            raise FaultRefused(f"no partition mode fits {len(ctx.nodes)} nodes")
+        mode = ctx.rng.choice(usable)
+        g = self.grudge(ctx, mode)
+        ev = apply(g, ctx.nodes, ctx.remotes, ctx.control_ip)
+        cut = sorted(n for n, d in g.items() if d)
+        return {"mode": mode, "description": describe(g), "components": components(g), "nodes": cut, **ev}
+
+    def stop(self, ctx) -> dict:
+        return heal(ctx.nodes, ctx.remotes)
+
+    def heal(self, ctx) -> dict:
+        if not ctx.can_partition:
+            return {"rules": {}, "skipped": ctx.why_not_partition}
+        return heal(ctx.nodes, ctx.remotes)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from embedded_support import embedded_cluster  # noqa: F401 - session fixture: the netns cluster n1..n5
 from harness.localproc import LocalMember, have_etcd
 
 _started: list[LocalMember] = []
