@@ -131,6 +131,9 @@ class EtcdClient:
     async def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
         return await self._call(self.kv.Range, req, True)
 
+    async def delete_range(self, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        return await self._call(self.kv.DeleteRange, req, False)
+
     async def txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
         """A Txn; read-only when it has no puts or deletes (then any error is definite)."""
         writes = any(op.WhichOneof("request") != "request_range" for op in [*req.success, *req.failure])
