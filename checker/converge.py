@@ -19,7 +19,7 @@ def check(history: list[Op]) -> dict:
             continue
         asked += 1
         if op.type == OK:
-            rev = op.extra.get("hash_revision") or op.value  # etcd 3.4 does not report hash_revision
+            rev = op.extra.get("hash_revision") or 0
             answers.setdefault(int(rev), {})[op.node or "?"] = (op.value, op.index)
     if not asked:
         return {"valid": "unknown", "reason": "no member was asked for its HashKV"}

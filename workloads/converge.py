@@ -50,7 +50,8 @@ async def invoke_hashkv(client: EtcdClient, revision: int, patience: float = 10.
     while True:
         try:
             r = await client.hash_kv(revision)
-            return OK, r.hash, {"revision": r.header.revision, "hash_revision": r.hash_revision,
+            # etcd 3.4 leaves hash_revision out; the hash is then of the revision asked for
+            return OK, r.hash, {"revision": r.header.revision, "hash_revision": r.hash_revision or revision,
                                 "compact_revision": r.compact_revision, "member": r.header.member_id}
         except Definite as e:
             if "future revision" not in e.message or time.monotonic() > deadline:
