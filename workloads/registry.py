@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workloads import bank
+from workloads import bank, watch
 from workloads.base import Workload
 from workloads.register import RegisterWorkload
 
 FACTORIES: dict[str, Callable[[], Workload]] = {
     "register": RegisterWorkload,
     **bank.FACTORIES,
+    **watch.FACTORIES,
 }
 
 
