@@ -7,21 +7,24 @@ then says nothing and is dropped). Any linearization of the real history is one 
 history too, so if the relaxed one is not linearizable, neither is the real one: every set
 reported was checked to fail on its own terms. Steps:
 
-1. Right cut: the earliest point T such that the history up to T (ops still running at T
-   relaxed, later ones dropped) already fails.
-2. Left cut, for models with an "any state" (ANY): the latest point Q before which ops can be
-   dropped, ops running across Q relaxed, and the search started from any state.
+1. Right cut: an early point T such that the history up to T (ops still running at T relaxed,
+   later ones dropped) already fails, looked for from where the search got stuck.
+2. Left cut, for models with an "any state" (AnyOf: any value the ops could have left): the
+   latest point Q before which ops can be dropped, ops running across Q relaxed, and the
+   search started from any such state. Short windows are tried first (they are cheap; a
+   long failing window costs an exhaustive search).
 3. Relax the remaining ops in halving chunks, then one by one, keeping every relaxation that
    still fails (delta debugging). A trial that runs out of steps counts as "passes", so the
    set may be larger than minimal, never wrong; `complete` says whether every trial decided.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from checker.models import ANY, UNKNOWN, Model
+from checker.models import UNKNOWN, AnyOf, Model
 from checker.wgl import INVALID, Operation, Outcome, candidates, search
 
 TRIAL_STEPS = 200_000
@@ -33,7 +36,7 @@ class Minimal:
 
     ops: list[int]
     complete: bool  # every trial decided within its budget: the set is 1-minimal
-    initial: str  # "initial": from the model's initial state; "any": from any state
+    initial: str  # "initial": from the model's initial state; else the any-state after the cut
     window: tuple[int | None, int | None]  # Op.index of the first invoke kept after the left
     # cut (None: no left cut) and of the completion at the right cut
     trials: int = 0
@@ -85,7 +88,7 @@ class _Trials:
         copies = [replace(op) for op in ops]
         m = self.model
         out = search(copies, init, m.step, deadline=self.deadline, max_steps=TRIAL_STEPS,
-                     progress=m.progress if init is not ANY else None, limit=m.limit)
+                     progress=None if isinstance(init, AnyOf) else m.progress, limit=m.limit)
         if out.valid == "unknown":
             self.undecided += 1
         return out.valid is INVALID
@@ -110,34 +113,62 @@ def _window(model: Model, ops: list[Operation], q: int | None, t: int, relax: se
     return res
 
 
-def minimal(model: Model, ops: list[Operation], deadline: float) -> Minimal:
-    """A small set of ops that fail together (ops: a partition known not to be linearizable)."""
+def _first_failing(trials: _Trials, indexes: list[int], make) -> int | None:
+    """The first of `indexes` (tried in that order, galloping) whose history make(i) fails."""
+    for i in indexes:
+        if trials.fails(*make(i)):
+            return i
+    return None
+
+
+def _gallop(start: int, stop: int, step: int) -> list[int]:
+    """start, start+step, start+3*step, start+7*step, ... then stop: doubling strides."""
+    out, i, stride = [], start, 1
+    while (i - stop) * step < 0:
+        out.append(i)
+        i += stride * step
+        stride *= 2
+    out.append(stop)
+    return out
+
+
+def minimal(model: Model, ops: list[Operation], deadline: float, hint: int | None = None) -> Minimal:
+    """A small set of ops that fail together (ops: a partition known not to be linearizable;
+    hint: the history position where the search got stuck, where the right cut starts)."""
     trials = _Trials(model, deadline)
     init = model.init()
     rets = sorted({op.ret for op in ops if op.required})
-    # 1. right cut: the smallest T whose prefix fails; the whole history (the last T) does
-    lo, hi = 0, len(rets) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if trials.fails(_window(model, ops, None, rets[mid], set()), init):
-            hi = mid
-        else:
-            lo = mid + 1
-    t = rets[hi] if rets else 0
-    # 2. left cut from any state
+    # 1. right cut: the first T from the stuck point on (doubling strides) whose prefix fails;
+    # the whole history (the last T) is known to
+    i0 = min(bisect.bisect_left(rets, hint), len(rets) - 1) if hint is not None and rets else 0
+    tries = _gallop(i0, len(rets) - 1, 1) if rets else []
+    hit = _first_failing(trials, tries[:-1], lambda i: (_window(model, ops, None, rets[i], set()), init))
+    t = rets[hit if hit is not None else -1] if rets else 0
+    # 2. left cut: the latest cut that still fails from any state, trying short windows first
     q = None
     start = init
-    if model.any_state() is not None:
-        calls = sorted({op.call for op in ops if op.required and op.call <= t})
-        lo, hi, best = 0, len(calls) - 1, None  # the latest cut that still fails
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            if trials.fails(_window(model, ops, calls[mid], t, set()), ANY):
-                best, lo = calls[mid], mid + 1
-            else:
-                hi = mid - 1
-        if best is not None:
-            q, start = best, ANY
+    anywhere = model.any_state(ops)
+    if anywhere is not None:
+        # cuts that leave something out (a cut before the first op only forgets the initial state)
+        calls = sorted({op.call for op in ops if op.required and op.call <= t})[1:]
+
+        def cut(j: int) -> tuple[list[Operation], Any]:
+            return _window(model, ops, calls[j], t, set()), anywhere
+
+        if calls:
+            tries = _gallop(len(calls) - 1, 0, -1)
+            hit = _first_failing(trials, tries, cut)
+            if hit is not None:
+                # the previous (later) try passed: the latest failing cut lies between
+                k = tries.index(hit)
+                lo, hi = hit + 1, (tries[k - 1] - 1 if k > 0 else hit)
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    if trials.fails(*cut(mid)):
+                        hit, lo = mid, mid + 1
+                    else:
+                        hi = mid - 1
+                q, start = calls[hit], anywhere
     # 3. relax what is left, halving chunks down to single ops
     relax: set[int] = set()
     pool = [op for op in _window(model, ops, q, t, set()) if op.required]
@@ -154,4 +185,5 @@ def minimal(model: Model, ops: list[Operation], deadline: float) -> Minimal:
     at = {op.call: op.index for op in ops}
     at.update({op.ret: op.completion for op in ops if op.required})
     window = (None if q is None else at.get(q), at.get(t))
-    return Minimal(sorted(kept), trials.undecided == 0, "any" if start is ANY else "initial", window, trials.count)
+    initial = "initial" if q is None else model.describe_state(start)
+    return Minimal(sorted(kept), trials.undecided == 0, initial, window, trials.count)

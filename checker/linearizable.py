@@ -202,7 +202,8 @@ def check_partition(model: Model, ops: list[Operation], deadline: float | None =
     if out.valid is INVALID:
         r.blocked = explain.blocked(model, ops, out)
         if explain_limit > 0:
-            r.minimal = explain.minimal(model, ops, time.monotonic() + explain_limit)
+            stuck = min((op.ret for op, _ in r.blocked if op.required), default=None)
+            r.minimal = explain.minimal(model, ops, time.monotonic() + explain_limit, hint=stuck)
     r.elapsed = time.monotonic() - t0
     return r
 

@@ -41,24 +41,37 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
-class _Any:
-    """A state standing for every state: what explanations start from after a left cut."""
+class AnyOf:
+    """A state standing for any one of `values` (every state when None): where explanations
+    start after cutting off the beginning of a history. Models that accept it over-approximate:
+    whatever is possible from one of the values is possible from AnyOf."""
 
-    _instance: "_Any | None" = None
+    __slots__ = ("values",)
 
-    def __new__(cls) -> "_Any":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    def __init__(self, values: frozenset | None = None) -> None:
+        self.values = values
+
+    def __hash__(self) -> int:
+        return hash(("AnyOf", self.values))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AnyOf) and self.values == other.values
 
     def __repr__(self) -> str:
-        return "ANY"
+        if self.values is None:
+            return "any"
+        return "any of {" + ", ".join(sorted(map(_fmt, self.values))) + "}"
 
-    def __reduce__(self) -> str:
-        return "ANY"
+    def admits(self, v: Any) -> bool:
+        return self.values is None or v in self.values
+
+    def without(self, v: Any) -> "AnyOf":
+        if self.values is None:
+            return self
+        return AnyOf(self.values - {v})
 
 
-ANY = _Any()
+ANY = AnyOf()  # any state at all
 
 
 class Model:
@@ -96,8 +109,9 @@ class Model:
         or None when the op then says nothing at all (reads)."""
         return UNKNOWN
 
-    def any_state(self) -> Any:
-        """ANY if step() accepts it as 'any state' (over-approximating), else None."""
+    def any_state(self, ops: list) -> Any:
+        """An AnyOf covering every state these ops could leave, if step() accepts one; else
+        None (explanations then never cut off the beginning of a history)."""
         return None
 
     # Optional pruning (see checker.wgl.search): progress(state) never decreases along a
@@ -173,20 +187,36 @@ class RegisterModel(Model):
         if k == "r":
             if out == state:
                 return True, state
-            return (True, out) if state is ANY and out is not UNKNOWN else (False, state)
+            if state.__class__ is AnyOf and out is not UNKNOWN and state.admits(out):
+                return True, out
+            return False, state
         if k == "w":
             return True, inp[1]
+        if state.__class__ is AnyOf:
+            if out is False:
+                rest = state.without(inp[1])
+                return rest.values is None or bool(rest.values), rest
+            return state.admits(inp[1]), inp[2]
         if out is False:
             return state != inp[1], state
-        if state == inp[1] or state is ANY:
+        if state == inp[1]:
             return True, inp[2]
         return False, state
 
     def relax(self, inp: tuple, out: Any) -> Any:
         return None if inp[0] == "r" else UNKNOWN
 
-    def any_state(self) -> Any:
-        return ANY
+    def any_state(self, ops: list) -> Any:
+        values = {self.initial}
+        for op in ops:
+            if op.input[0] == "w":
+                values.add(op.input[1])
+            elif op.input[0] == "cas":
+                values.add(op.input[2])
+        try:
+            return AnyOf(frozenset(values))
+        except TypeError:  # unhashable values
+            return ANY
 
     def describe_op(self, inp: tuple, out: Any) -> str:
         k = inp[0]
@@ -346,10 +376,10 @@ class MutexModel(Model):
     def step(self, state: Any, inp: tuple, out: Any) -> tuple[bool, Any]:
         f, who = inp
         if f == "acquire":
-            return (True, who) if state is None or state is ANY else (False, state)
-        return (True, None) if state == who or state is ANY else (False, state)
+            return (True, who) if state is None or state.__class__ is AnyOf else (False, state)
+        return (True, None) if state == who or state.__class__ is AnyOf else (False, state)
 
-    def any_state(self) -> Any:
+    def any_state(self, ops: list) -> Any:
         return ANY
 
     def describe_op(self, inp: tuple, out: Any) -> str:

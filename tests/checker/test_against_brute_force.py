@@ -188,5 +188,5 @@ def test_minimal_sets_fail_on_their_own(history):
     q = None if m.window[0] is None else next(op.call for op in ops if op.index == m.window[0])
     t = next(op.ret for op in ops if op.required and op.completion == m.window[1])
     relaxed = explain._window(model, ops, q, t, relax)
-    init = model.any_state() if m.initial == "any" else model.init()
+    init = model.init() if m.initial == "initial" else model.any_state(ops)
     assert not brute_force(relaxed, init, model.step)
