@@ -253,20 +253,43 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+PACKAGES = ("server", "harness", "workloads", "nemesis", "checker", "bench", "reports")
+BUILD_FILES = ("pyproject.toml", "setup.py", "README.md")
+
+
+def _source_copy(dest: str) -> None:
+    """The files a wheel is built from, without caches, generated stubs or the venv, so the
+    build writes nothing into the repository (and works from a read-only checkout)."""
+    import shutil
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py")
+    for pkg in PACKAGES:
+        if os.path.isdir(os.path.join(REPO, pkg)):
+            shutil.copytree(os.path.join(REPO, pkg), os.path.join(dest, pkg), ignore=skip)
+    for name in BUILD_FILES:
+        shutil.copy2(os.path.join(REPO, name), dest)
+
+
 def build_wheelhouse() -> str:
     """Wheels of this repo's server and its dependencies, built once per source version."""
     digest = source_hash()
     out = os.path.join(CACHE, f"wheelhouse-{digest}")
     if os.path.isdir(out) and any(f.startswith("etcdproof-") for f in os.listdir(out)):
         return out
-    tmp = out + ".tmp"
-    subprocess.run(["rm", "-rf", tmp], check=True)
-    os.makedirs(tmp)
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", REPO, "-w", tmp],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise DBError(f"building the reference server's wheels failed: {p.stderr.strip()[-600:]}")
-    os.replace(tmp, out)
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        src, wheels = os.path.join(tmp, "src"), os.path.join(tmp, "wheels")
+        os.makedirs(src)
+        _source_copy(src)
+        p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", src, "-w", wheels],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise DBError(f"building the reference server's wheels failed: {p.stderr.strip()[-600:]}")
+        try:
+            os.replace(wheels, out)
+        except OSError:  # another run built the same digest meanwhile
+            if not os.path.isdir(out):
+                raise
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import time
@@ -21,6 +22,7 @@ from harness import store
 from harness.runner import Outcome, Runner, TestSpec, run_checkers, run_sync
 
 log = logging.getLogger("etcdproof")
+DEFAULT_BASE_DIR = "/var/lib/etcdproof"
 
 
 def add_inventory_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +48,7 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etcd-bin", default="/usr/bin/etcd", help="etcd binary on the nodes (--db etcd)")
     p.add_argument("--client-port", type=int, default=2379)
     p.add_argument("--peer-port", type=int, default=2380)
-    p.add_argument("--base-dir", default="/var/lib/etcdproof", help="where nodes keep installs and data")
+    p.add_argument("--base-dir", default=DEFAULT_BASE_DIR, help="where nodes keep installs and data")
     p.add_argument("--store", help="store root (default $ETCDPROOF_STORE or ./store)")
     p.add_argument("--name", default="", help="test name (default: workload-db-nemesis)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -91,7 +93,10 @@ def run_one(args: argparse.Namespace, workload_name: str) -> Outcome:
                     nemesis_interval=args.nemesis_interval, op_timeout=args.op_timeout, name=args.name)
     workload = workloads.build(workload_name)
     inv = resolve(args)
-    cfg = DBConfig(base_dir=args.base_dir, client_port=args.client_port, peer_port=args.peer_port,
+    base_dir = args.base_dir
+    if inv.kind == "loopback" and base_dir == DEFAULT_BASE_DIR and os.geteuid() != 0:
+        base_dir = os.path.expanduser("~/.local/share/etcdproof")  # /var/lib is root's
+    cfg = DBConfig(base_dir=base_dir, client_port=args.client_port, peer_port=args.peer_port,
                    etcd_bin=args.etcd_bin)
     db = make_db(args.db, inv.nodes, inv.remotes, cfg)
     run_dir = store.new_run_dir(store.store_root(args.store), spec.test_name())
