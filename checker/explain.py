@@ -3,7 +3,8 @@ of ops that cannot be linearized together however the rest behaved.
 
 The minimal set is found by relaxing, never by deleting: an op outside the set is turned into
 "may have taken effect at any time after its call, or never, with any result" (a read-only op
-then says nothing and is dropped). Any linearization of the real history is one of the relaxed
+then says nothing and is dropped), or, where the model prefers (etcd writes, whose revisions
+pin them in the order), into "happened as recorded, at any time". Any linearization of the real history is one of the relaxed
 history too, so if the relaxed one is not linearizable, neither is the real one: every set
 reported was checked to fail on its own terms. Steps:
 
@@ -16,15 +17,18 @@ reported was checked to fail on its own terms. Steps:
 3. Relax the remaining ops in halving chunks, then one by one, keeping every relaxation that
    still fails (delta debugging). A trial that runs out of steps counts as "passes", so the
    set may be larger than minimal, never wrong; `complete` says whether every trial decided.
+4. Where ops outside the set kept their results (TIMELESS), the set says whose timing matters;
+   `critical` then lists the ops whose result matters: making that one op's outcome unknown
+   lets the window pass. Elsewhere `critical` is the set itself.
 """
 from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from checker.models import UNKNOWN, AnyOf, Model
+from checker.models import TIMELESS, UNKNOWN, AnyOf, Model
 from checker.wgl import INVALID, Operation, Outcome, candidates, search
 
 TRIAL_STEPS = 200_000
@@ -40,10 +44,11 @@ class Minimal:
     window: tuple[int | None, int | None]  # Op.index of the first invoke kept after the left
     # cut (None: no left cut) and of the completion at the right cut
     trials: int = 0
+    critical: list[int] = field(default_factory=list)  # ops whose recorded result is needed
 
     def to_dict(self) -> dict:
-        return {"ops": self.ops, "complete": self.complete, "initial_state": self.initial,
-                "window": list(self.window), "trials": self.trials}
+        return {"ops": self.ops, "critical": self.critical, "complete": self.complete,
+                "initial_state": self.initial, "window": list(self.window), "trials": self.trials}
 
 
 def blocked(model: Model, ops: list[Operation], out: Outcome) -> list[tuple[Operation, str]]:
@@ -62,13 +67,20 @@ def blocked(model: Model, ops: list[Operation], out: Outcome) -> list[tuple[Oper
     return res
 
 
-def _relaxed(model: Model, op: Operation) -> Operation | None:
-    """op as 'may have happened any time after its call, with any result'; None to drop it."""
+END = 1 << 62  # a return position after every event
+
+
+def _relaxed(model: Model, op: Operation, crossing: bool) -> Operation | None:
+    """op loosened as the model says (Model.relax); None to drop it. An op crossing a cut is
+    always made "may have happened after its call, with any result": the ops on the other side
+    of the cut are gone, so keeping its result could demand them."""
     if not op.required:
         return op
-    out = model.relax(op.input, op.output)
-    if out is None:
+    how = model.relax(op.input, op.output)
+    if how is None:
         return None
+    if how == TIMELESS and not crossing:
+        return replace(op, call=-1, ret=END)
     return replace(op, required=False, ret=None, output=UNKNOWN)
 
 
@@ -94,8 +106,10 @@ class _Trials:
         return out.valid is INVALID
 
 
-def _window(model: Model, ops: list[Operation], q: int | None, t: int, relax: set[int]) -> list[Operation]:
-    """The history between the cuts; ops in `relax` (ids) and ops crossing a cut relaxed."""
+def _window(model: Model, ops: list[Operation], q: int | None, t: int, relax: set[int],
+            strong: frozenset[int] = frozenset()) -> list[Operation]:
+    """The history between the cuts; ops in `relax` (ids) and ops crossing a cut relaxed, ops
+    in `strong` to "may or may not have happened" whatever the model prefers."""
     res = []
     for op in ops:
         if op.call > t:
@@ -104,8 +118,8 @@ def _window(model: Model, ops: list[Operation], q: int | None, t: int, relax: se
             crosses = op.ret > t or (q is not None and op.call < q)
             if q is not None and op.ret < q:
                 continue
-            if crosses or op.id in relax:
-                r = _relaxed(model, op)
+            if crosses or op.id in relax or op.id in strong:
+                r = _relaxed(model, op, crosses or op.id in strong)
                 if r is not None:
                     res.append(r)
                 continue
@@ -182,8 +196,15 @@ def minimal(model: Model, ops: list[Operation], deadline: float, hint: int | Non
             break
         chunk = max(1, chunk // 2)
     kept = [op.index for op in pool if op.id not in relax]
+    # 4. where relaxing kept results (TIMELESS), which results matter: each op whose outcome,
+    # made unknown on its own, lets the window pass
+    critical = sorted(kept)
+    if any(model.relax(op.input, op.output) == TIMELESS for op in pool):
+        critical = [op.index for op in pool
+                    if model.relax(op.input, op.output) is not None
+                    and not trials.fails(_window(model, ops, q, t, relax, frozenset({op.id})), start)]
     at = {op.call: op.index for op in ops}
     at.update({op.ret: op.completion for op in ops if op.required})
     window = (None if q is None else at.get(q), at.get(t))
     initial = "initial" if q is None else model.describe_state(start)
-    return Minimal(sorted(kept), trials.undecided == 0, initial, window, trials.count)
+    return Minimal(sorted(kept), trials.undecided == 0, initial, window, trials.count, sorted(critical))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Hashable
 
 from checker.history import FAIL, INFO, OK, Op
-from checker.models import UNKNOWN, Model, Prepared
+from checker.models import TIMELESS, UNKNOWN, Model, Prepared
 from checker.wgl import Operation
 
 TARGETS = ("value", "version", "create_revision", "mod_revision")
@@ -361,8 +361,16 @@ class KVModel(Model):
         return "the response differs from what this state gives: " + repr(results)
 
     def relax(self, req: tuple, out: Any) -> Any:
+        """Reads say nothing; a write with a known revision keeps it (its revision pins it in
+        the order, which keeps explaining cheap) and loses its interval."""
         reads_only = not any(op[0] != "range" for branch in (req[1], req[2]) for op in branch)
-        return None if reads_only else UNKNOWN
+        if reads_only:
+            return None
+        if out is not UNKNOWN and out[0] == "persisted" and out[1] is not None:
+            return TIMELESS
+        if out is not UNKNOWN and out[0] != "persisted" and out[2] is not None:
+            return TIMELESS
+        return UNKNOWN
 
 
 def request(invoke: Op) -> tuple | None:

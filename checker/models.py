@@ -73,6 +73,8 @@ class AnyOf:
 
 ANY = AnyOf()  # any state at all
 
+TIMELESS = "timeless"  # Model.relax: keep the result, free the op from its interval
+
 
 class Model:
     """Base class: the defaults every model shares. Subclasses set name and override step."""
@@ -105,8 +107,9 @@ class Model:
         raise NotImplementedError
 
     def relax(self, inp: Any, out: Any) -> Any:
-        """The output to give an op when explanations pretend its result is unknown (UNKNOWN),
-        or None when the op then says nothing at all (reads)."""
+        """How explanations loosen an op they leave out of a minimal set: UNKNOWN (it may or may
+        not have happened, with any result), None (it says nothing: reads), or TIMELESS (it
+        happened as recorded, at any time: cheaper to search where results pin the order)."""
         return UNKNOWN
 
     def any_state(self, ops: list) -> Any:

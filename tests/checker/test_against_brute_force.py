@@ -169,24 +169,43 @@ def test_kv_runs_with_a_corruption(seed, n, bad, info_rate):
         assert v is VALID
 
 
-@SETTINGS
-@given(interleaved(register_invoke, register_result, max_ops=6))
-def test_minimal_sets_fail_on_their_own(history):
+def minimal_fails_on_its_own(history: list[Op], model) -> None:
     """Relax everything outside the reported set (within its window): the oracle still fails."""
-    model = register_model()
-    ops = operations(history, model)
+    ops = model.refine(operations(history, model))
     out = search([replace(o) for o in ops], model.init(), model.step)
     if out.valid is not INVALID:
         return
     for n, op in enumerate(ops):
         op.id = n
     m = explain.minimal(model, ops, deadline=float("inf"))
-    assert m.ops and m.complete
+    assert m.complete and (m.ops or m.critical)
     keep = set(m.ops)
     relax = {op.id for op in ops if op.index not in keep}
-    # the window the explanation used
     q = None if m.window[0] is None else next(op.call for op in ops if op.index == m.window[0])
     t = next(op.ret for op in ops if op.required and op.completion == m.window[1])
     relaxed = explain._window(model, ops, q, t, relax)
     init = model.init() if m.initial == "initial" else model.any_state(ops)
     assert not brute_force(relaxed, init, model.step)
+    for op in ops:  # each critical op's result is needed: unknown, the window passes
+        if op.index in m.critical:
+            assert brute_force(explain._window(model, ops, q, t, relax, frozenset({op.id})), init, model.step)
+
+
+@SETTINGS
+@given(interleaved(register_invoke, register_result, max_ops=6))
+def test_register_minimal_sets_fail_on_their_own(history):
+    minimal_fails_on_its_own(history, register_model())
+
+
+@SETTINGS
+@given(interleaved(mutex_invoke, mutex_result, max_ops=6))
+def test_mutex_minimal_sets_fail_on_their_own(history):
+    minimal_fails_on_its_own(history, mutex_model())
+
+
+@SETTINGS
+@given(st.integers(0, 2**32), st.integers(1, 6), st.floats(0, 0.4))
+def test_kv_minimal_sets_fail_on_their_own(seed, n, info_rate):
+    rng = random.Random(seed)
+    h = corrupt(rng, synth.kv_history(rng, n, processes=3, keys=2, info_rate=info_rate))
+    minimal_fails_on_its_own(h, kv_model())
