@@ -143,6 +143,10 @@ class EtcdClient:
         r = await self._call(self.lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl), False)
         return r.ID
 
+    async def lease_grant_raw(self, ttl: int) -> pb.LeaseGrantResponse:
+        """LeaseGrant with its whole response (the TTL granted may differ from the one asked)."""
+        return await self._call(self.lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl), False)
+
     async def lease_revoke(self, lease: int) -> None:
         await self._call(self.lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease), False)
 
