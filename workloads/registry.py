@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workloads import bank, watch
+from workloads import bank, lock, watch
 from workloads.base import Workload
 from workloads.register import RegisterWorkload
 
@@ -11,6 +11,7 @@ FACTORIES: dict[str, Callable[[], Workload]] = {
     "register": RegisterWorkload,
     **bank.FACTORIES,
     **watch.FACTORIES,
+    **lock.FACTORIES,
 }
 
 
