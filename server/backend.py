@@ -8,6 +8,11 @@ Writes are buffered and committed in batches (every `batch_interval` seconds or 
 writes), each commit fsynced, as etcd batches bbolt transactions. Durability of acknowledged
 requests comes from the WAL, which is replayed over the backend's consistent index on restart.
 Reads see buffered writes. Thread safety: any thread may read or write; one commit runs at a time.
+
+A commit must never split a log entry's writes from the consistent index recorded with them
+(a crash after such a commit would replay the entry over its own effects). So the writer marks
+the boundaries: `seal()` makes everything written so far committable, and `commit(seal=False)`,
+as a commit on another thread runs, writes only what was sealed.
 """
 from __future__ import annotations
 
@@ -47,10 +52,13 @@ class Backend:
         self.observe_commit = observe_commit or (lambda s: None)
         self._mu = threading.Lock()  # guards _pending, _committing, _env swaps
         self._commit_mu = threading.Lock()  # one commit (or defrag) at a time
-        self._pending: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}
+        self._pending: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}  # not yet sealed
+        self._sealed: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}  # for the next commit
         self._committing: dict[bytes, dict[bytes, object]] = {b: {} for b in BUCKETS}
-        self._pending_count = 0
+        self._pending_count = 0  # writes not yet committed (pending and sealed)
+        self._sealed_count = 0
         self._pending_bytes = 0  # bytes put since the last commit (not yet in the file)
+        self._sealed_bytes = 0
         self._last_commit = time.monotonic()
         self._size = -1  # cached file size; -1 = recompute (it only changes on commit)
         self._env, self._dbs = self._open()
@@ -103,16 +111,37 @@ class Backend:
             or time.monotonic() - self._last_commit >= self.batch_interval
         )
 
-    def commit(self) -> None:
-        """Write the buffered batch to LMDB in one fsynced transaction."""
+    def seal(self) -> None:
+        """Everything written so far may go into the next commit (call it between log entries)."""
+        with self._mu:
+            n = self._pending_count - self._sealed_count
+            if n == 0:
+                return
+            if self._sealed_count == 0:
+                self._sealed, self._pending = self._pending, self._sealed
+            else:  # a commit is slow: this batch joins the one waiting
+                for bucket, items in self._pending.items():
+                    if items:
+                        self._sealed[bucket].update(items)
+                        items.clear()
+            self._sealed_count = self._pending_count
+            self._sealed_bytes = self._pending_bytes
+
+    def commit(self, seal: bool = True) -> None:
+        """Write the sealed batch to LMDB in one fsynced transaction; seal first unless told not to
+        (a commit on another thread than the writer's must not: it could split an entry)."""
+        if seal:
+            self.seal()
         with self._commit_mu:
             with self._mu:
-                if self._pending_count == 0:
+                if self._sealed_count == 0:
                     self._last_commit = time.monotonic()
                     return
-                self._committing, self._pending = self._pending, {b: {} for b in BUCKETS}
-                self._pending_count = 0
-                self._pending_bytes = 0
+                self._committing, self._sealed = self._sealed, {b: {} for b in BUCKETS}
+                self._pending_count -= self._sealed_count
+                self._pending_bytes -= self._sealed_bytes
+                self._sealed_count = 0
+                self._sealed_bytes = 0
             t0 = time.monotonic()
             with self._env.begin(write=True) as txn:
                 for bucket, items in self._committing.items():
@@ -133,7 +162,9 @@ class Backend:
     def _buffered(self, bucket: bytes, key: bytes) -> object | None:
         v = self._pending[bucket].get(key)
         if v is None:
-            v = self._committing[bucket].get(key)
+            v = self._sealed[bucket].get(key)
+            if v is None:
+                v = self._committing[bucket].get(key)
         return v
 
     def get(self, bucket: bytes, key: bytes) -> bytes | None:
@@ -181,6 +212,7 @@ class Backend:
         """
         with self._mu:
             overlay: dict[bytes, object] = dict(self._committing[bucket])
+            overlay.update(self._sealed[bucket])
             overlay.update(self._pending[bucket])
             txn = self._env.begin(db=self._dbs[bucket], buffers=False)
         try:
@@ -270,8 +302,9 @@ class Backend:
             self._size = -1
 
     def snapshot_to(self, path: str) -> str:
-        """Write a consistent copy of the committed database to path; returns its sha256 hex."""
-        self.commit()
+        """Write a consistent copy of the committed database to path; returns its sha256 hex.
+        Runs on a helper thread: it commits what is sealed, never splitting an entry."""
+        self.commit(seal=False)
         self._env.copy(path, compact=True)
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -303,9 +336,10 @@ class Backend:
             os.replace(path, self.path)
             fsync_dir(os.path.dirname(self.path) or ".")
             self._pending = {b: {} for b in BUCKETS}
+            self._sealed = {b: {} for b in BUCKETS}
             self._committing = {b: {} for b in BUCKETS}
-            self._pending_count = 0
-            self._pending_bytes = 0
+            self._pending_count = self._sealed_count = 0
+            self._pending_bytes = self._sealed_bytes = 0
             self._size = -1
             self._env, self._dbs = self._open()
 

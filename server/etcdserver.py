@@ -373,14 +373,19 @@ class EtcdServer:
             self._commit_backend()
 
     def _commit_backend(self) -> asyncio.Future:
-        """Commit the backend batch on the backend thread (one commit in flight at a time)."""
+        """Commit the backend batch on the backend thread (one commit in flight at a time).
+
+        Sealed here, on the loop, between applied entries: the thread commits only that, so a
+        commit never holds half an entry's writes (see backend.py)."""
         if self._commit_inflight is None or self._commit_inflight.done():
-            self._commit_inflight = asyncio.get_running_loop().run_in_executor(self._io, self.backend.commit)
+            self.backend.seal()
+            self._commit_inflight = asyncio.get_running_loop().run_in_executor(self._io, self.backend.commit, False)
         return self._commit_inflight
 
     async def _commit_backend_now(self) -> None:
         """Wait until everything applied so far is committed to the backend."""
-        await asyncio.get_running_loop().run_in_executor(self._io, self.backend.commit)
+        self.backend.seal()
+        await asyncio.get_running_loop().run_in_executor(self._io, self.backend.commit, False)
 
     async def _backend_copy(self, path: str) -> tuple[int, int]:
         """A consistent copy of the backend for a follower; returns its (applied index, term)."""

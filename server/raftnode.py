@@ -39,6 +39,7 @@ READ_BATCH_WINDOW = 0.005
 PROPOSE_BATCH_WINDOW = 0.002  # under write load, proposals wait this long for more to join
 PROPOSE_BATCH_MAX = 512  # under read load, a ReadIndex waits this long for more reads to join
 READ_RETRY = 0.5  # seconds before an unanswered ReadIndex is asked again (etcd's figure)
+READY_PACE = 0.002  # under load, the next Ready waits until this long after the previous one
 
 
 def conf_to_pb(c: ConfState) -> raft_pb2.ConfState:
@@ -80,6 +81,8 @@ class RaftNode:
         self.lead = 0
         self.role = Role.FOLLOWER
         self.leader_changes = 0
+        self._ready_busy = False  # the last Ready carried several entries: the node is under load
+        self._ready_at = 0.0  # when the last Ready was taken
 
     # ------------------------------------------------------------ state
     @property
@@ -258,7 +261,11 @@ class RaftNode:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if self._ready_busy:
+                    await self._pace()
+                self._ready_at = time.monotonic()
                 rd = self.raft.ready()
+                self._ready_busy = len(rd.entries) > 1 or len(rd.committed_entries) > 1
                 await self._handle_ready(rd)
                 self.raft.advance(rd)
                 if self.conf.voters == (self.id,) and self.raft.role == Role.FOLLOWER and self.raft.lead == 0:
@@ -272,6 +279,17 @@ class RaftNode:
             log.critical("raft loop failed: %r", e, exc_info=True)
             self.fatal = e
             self.srv._on_fatal(e)
+
+    async def _pace(self) -> None:
+        """Under load, take Readys at most every READY_PACE: what arrives meanwhile (proposals,
+        acknowledgements, appends) shares the next one, so each disk write, message and loop
+        round carries more puts. Nearly all of a Ready's cost is per Ready (a WAL fsync and its
+        thread hand-off, a message per peer, a wakeup of each), so this cuts CPU per put; an
+        idle member (Readys of one entry) never waits."""
+        wait = self._ready_at + READY_PACE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            self._flush_inputs()
 
     async def _handle_ready(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()

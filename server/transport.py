@@ -34,6 +34,7 @@ MAX_FRAME = 64 << 20
 QUEUE_LIMIT = 4096
 QUEUE_BYTES = 64 << 20  # per peer: a stalled peer costs at most this much memory
 CHUNK = 256 * 1024
+WRITE_COALESCE = 1 << 20  # queued frames joined into one socket write, up to this many bytes
 RPC_OK, RPC_ERR = 0, 1
 
 
@@ -156,9 +157,16 @@ class _Peer:
                 while True:
                     data = await self.q.get()
                     self.queued_bytes -= len(data)
+                    # everything queued meanwhile goes in one write: one syscall, one wakeup of
+                    # the peer, however many frames
+                    if not self.q.empty():
+                        parts, size = [data], len(data)
+                        while not self.q.empty() and size < WRITE_COALESCE:
+                            data = self._take()
+                            parts.append(data)
+                            size += len(data)
+                        data = b"".join(parts)
                     writer.write(data)
-                    while not self.q.empty() and writer.transport.get_write_buffer_size() < (1 << 20):
-                        writer.write(self._take())
                     await writer.drain()
                     if resp_task.done():
                         raise ConnectionError("connection closed by peer")
@@ -257,6 +265,8 @@ class Transport:
 
     # -------------------------------------------------------- sending
     def send(self, msgs: list[Message]) -> None:
+        # one queue item per peer per call: the frames of one Ready travel together
+        out: dict[int, list[bytes]] = {}
         for m in msgs:
             p = self.peers.get(m.to)
             if p is None:
@@ -264,8 +274,10 @@ class Transport:
             if m.type == MsgType.SNAP:
                 self._spawn(self._send_snapshot(p, m))
                 continue
-            if not p.enqueue(frame(RAFT_K, encode_message(m))):
-                self.report_unreachable(m.to)
+            out.setdefault(m.to, []).append(frame(RAFT_K, encode_message(m)))
+        for to, frames in out.items():
+            if not self.peers[to].enqueue(frames[0] if len(frames) == 1 else b"".join(frames)):
+                self.report_unreachable(to)
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)

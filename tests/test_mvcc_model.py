@@ -568,6 +568,47 @@ def test_restore_after_compaction_keeps_versions(tmp_path) -> None:
     be.close()
 
 
+def test_a_commit_on_another_thread_takes_only_what_was_sealed(tmp_path) -> None:
+    """The server seals the backend between log entries and commits on a helper thread: a commit
+    must never hold half an entry (its writes without the consistent index recorded with them),
+    or a crash would replay the entry over its own effects."""
+    import threading
+
+    from server.backend import KEY, META_CONSISTENT_INDEX
+
+    be = open_backend(str(tmp_path / "db"))
+    ci = lambda i: i.to_bytes(8, "big")  # noqa: E731
+    be.put(KEY, b"a", b"1")
+    be.put_meta(META_CONSISTENT_INDEX, ci(1))
+    be.seal()  # entry 1 is complete
+    be.put(KEY, b"b", b"2")  # entry 2 is half applied
+    t = threading.Thread(target=be.commit, args=(False,))
+    t.start()
+    t.join()
+    assert be.get(KEY, b"b") == b"2"  # readers still see the unsealed write
+    copy = str(tmp_path / "copy1")
+    assert be.copy_committed(copy)[0] == 1
+    c = open_backend(copy)
+    assert (c.get(KEY, b"a"), c.get(KEY, b"b")) == (b"1", None)
+    c.close()
+    be.put_meta(META_CONSISTENT_INDEX, ci(2))
+    be.seal()
+    be.put(KEY, b"c", b"3")  # entry 3 half applied; sealing again while one waits merges them
+    be.put_meta(META_CONSISTENT_INDEX, ci(3))
+    be.seal()
+    be.put(KEY, b"d", b"4")
+    be.commit(seal=False)
+    copy = str(tmp_path / "copy2")
+    assert be.copy_committed(copy)[0] == 3
+    c = open_backend(copy)
+    assert [c.get(KEY, k) for k in (b"b", b"c", b"d")] == [b"2", b"3", None]
+    c.close()
+    assert [k for k, _ in be.items(KEY)] == [b"a", b"b", b"c", b"d"]
+    be.commit()  # on the writer's own thread: seals everything first
+    assert be.commit_due() is False
+    be.close()
+
+
 # --------------------------------------------------------------------------------------------
 # Key index examples.
 

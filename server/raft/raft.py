@@ -109,6 +109,7 @@ class Raft:
         self._reads: dict[bytes, _ReadRequest] = {}
         self._read_queue: list[bytes] = []
         self._pending_reads: list[Message] = []  # until an entry of this term commits
+        self._append_to: dict[int, bool] = {}  # followers owed appends (value: even if empty)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._prev_hard = HardState(term=hs.term, vote=hs.vote, commit=hs.commit)
         self._ready_out = False
@@ -175,7 +176,7 @@ class Raft:
             else:
                 for i in self.prs:
                     if i != self.id:
-                        self._maybe_send_append(i, send_if_empty=False)
+                        self._want_append(i, if_empty=False)
         return self.conf_state()
 
     # --------------------------------------------------------------- roles
@@ -200,6 +201,7 @@ class Raft:
         self._reads = {}
         self._read_queue = []
         self._pending_reads = []
+        self._append_to = {}
 
     def become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -451,7 +453,7 @@ class Raft:
                 if pr.maybe_decr_to(m.index, hint):
                     if pr.state == PState.REPLICATE:
                         pr.become_probe()
-                    self._maybe_send_append(m.frm)
+                    self._want_append(m.frm)
                 return
             old_paused = pr.is_paused()
             if pr.maybe_update(m.index):
@@ -466,9 +468,8 @@ class Raft:
                     self._release_pending_reads()
                     self._bcast_append()
                 elif old_paused:
-                    self._maybe_send_append(m.frm)
-                while self._maybe_send_append(m.frm, send_if_empty=False):
-                    pass
+                    self._want_append(m.frm)
+                self._want_append(m.frm, if_empty=False)
                 if m.frm == self.lead_transferee and pr.match == self.log.last_index():
                     self._send(Message(MsgType.TIMEOUT_NOW, to=m.frm))
         elif t == MsgType.HEARTBEAT_RESP:
@@ -477,7 +478,7 @@ class Raft:
             if pr.state == PState.REPLICATE and pr.inflights.full():
                 pr.inflights.free_first_one()
             if pr.match < self.log.last_index():
-                self._maybe_send_append(m.frm)
+                self._want_append(m.frm)
             if m.context:
                 self._ack_read(m.context, m.frm)
         elif t == MsgType.SNAP_STATUS:
@@ -501,7 +502,7 @@ class Raft:
             if pr.match == self.log.last_index():
                 self._send(Message(MsgType.TIMEOUT_NOW, to=target))
             else:
-                self._maybe_send_append(target)
+                self._want_append(target)
 
     def _quorum_active(self) -> bool:
         active = sum(1 for i in self.voters if i == self.id or (i in self.prs and self.prs[i].recent_active))
@@ -533,7 +534,24 @@ class Raft:
     def _bcast_append(self) -> None:
         for i in self.prs:
             if i != self.id:
-                self._maybe_send_append(i)
+                self._want_append(i)
+
+    def _want_append(self, to: int, if_empty: bool = True) -> None:
+        """Note that `to` should get what it lacks of the log (and, if_empty, at least the commit
+        index even without entries). The appends are made when the Ready is taken, so every
+        proposal and acknowledgement stepped in between shares one message per follower."""
+        self._append_to[to] = if_empty or self._append_to.get(to, False)
+
+    def _flush_appends(self) -> None:
+        pending, self._append_to = self._append_to, {}
+        if self.role != Role.LEADER:
+            return
+        for to, if_empty in pending.items():
+            if to == self.id or to not in self.prs:
+                continue
+            sent = self._maybe_send_append(to, send_if_empty=if_empty)
+            while sent and self._maybe_send_append(to, send_if_empty=False):
+                pass
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:
         for i, pr in self.prs.items():
@@ -740,6 +758,8 @@ class Raft:
     def has_ready(self) -> bool:
         if self._ready_out:
             return False
+        if self._append_to:
+            self._flush_appends()
         return bool(
             self.msgs
             or self.read_states
@@ -754,6 +774,8 @@ class Raft:
         """Take the next batch of work; no other ready() until advance()."""
         if self._ready_out:
             raise RuntimeError("ready() called twice without advance()")
+        if self._append_to:
+            self._flush_appends()
         soft = self._soft()
         hard = self._hard()
         entries = self.log.unstable_entries()
@@ -763,7 +785,7 @@ class Raft:
             entries=list(entries),
             snapshot=self.log.pending_snapshot,
             committed_entries=list(self.log.next_committed()),
-            messages=self.msgs,
+            messages=_coalesce_acks(self.msgs) if len(self.msgs) > 1 else self.msgs,
             read_states=self.read_states,
             must_sync=bool(entries) or hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote,
         )
@@ -794,3 +816,21 @@ class Raft:
     def compact(self, index: int, conf: ConfState) -> None:
         """The application snapshotted its state at index: forget the log up to it."""
         self.log.compact(index, SnapshotMeta(index, self.log.term(index), conf))
+
+
+def _coalesce_acks(msgs: list[Message]) -> list[Message]:
+    """Of the successful append acknowledgements to one node in one term, keep the one with the
+    highest index: it says everything the others say (dropping the rest is no worse than losing
+    them, which raft tolerates). Several appends handled between two Readys then cost the leader
+    one acknowledgement."""
+    best: dict[tuple[int, int], Message] = {}
+    for m in msgs:
+        if m.type == MsgType.APP_RESP and not m.reject:
+            k = (m.to, m.term)
+            b = best.get(k)
+            if b is None or m.index >= b.index:
+                best[k] = m
+    if len(best) == sum(1 for m in msgs if m.type == MsgType.APP_RESP and not m.reject):
+        return msgs
+    keep = {id(m) for m in best.values()}
+    return [m for m in msgs if m.type != MsgType.APP_RESP or m.reject or id(m) in keep]
