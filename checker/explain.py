@@ -197,12 +197,20 @@ def minimal(model: Model, ops: list[Operation], deadline: float, hint: int | Non
         chunk = max(1, chunk // 2)
     kept = [op.index for op in pool if op.id not in relax]
     # 4. where relaxing kept results (TIMELESS), which results matter: each op whose outcome,
-    # made unknown on its own, lets the window pass
+    # made unknown on its own, lets the window pass; nearest the failure first, for at most a
+    # quarter of what is left of the budget (each such trial is an exhaustive search).
     critical = sorted(kept)
     if any(model.relax(op.input, op.output) == TIMELESS for op in pool):
-        critical = [op.index for op in pool
-                    if model.relax(op.input, op.output) is not None
-                    and not trials.fails(_window(model, ops, q, t, relax, frozenset({op.id})), start)]
+        critical = []
+        stop = time.monotonic() + max(0.0, deadline - time.monotonic()) / 4
+        for op in sorted(pool, key=lambda o: -o.ret):
+            if model.relax(op.input, op.output) is None:
+                continue
+            if time.monotonic() >= stop:
+                trials.undecided += 1
+                break
+            if not trials.fails(_window(model, ops, q, t, relax, frozenset({op.id})), start):
+                critical.append(op.index)
     at = {op.call: op.index for op in ops}
     at.update({op.ret: op.completion for op in ops if op.required})
     window = (None if q is None else at.get(q), at.get(t))
