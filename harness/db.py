@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import grpc
 
@@ -56,13 +57,19 @@ class DB:
         self.nodes = nodes
         self.remotes = remotes
         self.cfg = cfg or DBConfig()
+        # Hooks for faults that must be in place whenever a server starts (nemesis/clock.py,
+        # nemesis/lostwrites.py, nemesis/member.py); all empty by default, so a plain run is unchanged.
+        # start_hooks run before every start; the environment they return is the server's extra env.
+        self.start_hooks: list[Callable[[Node], dict[str, str] | None]] = []
+        self.data_dirs: dict[str, str] = {}  # node name -> data dir instead of node_dir/data
+        self.members: list[Node] | None = None  # who --initial-cluster names, when not every node
 
     # ------------------------------------------------------------ layout
     def node_dir(self, n: Node) -> str:
         return f"{self.cfg.base_dir}/nodes/{n.name}"
 
     def data_dir(self, n: Node) -> str:
-        return f"{self.node_dir(n)}/data"
+        return self.data_dirs.get(n.name) or f"{self.node_dir(n)}/data"
 
     def log_file(self, n: Node) -> str:
         return f"{self.node_dir(n)}/server.log"
@@ -77,7 +84,7 @@ class DB:
         return f"http://{n.ip}:{self.cfg.peer_port}"
 
     def initial_cluster(self) -> str:
-        return ",".join(f"{n.name}={self.peer_url(n)}" for n in self.nodes)
+        return ",".join(f"{n.name}={self.peer_url(n)}" for n in (self.members or self.nodes))
 
     def flags(self, n: Node, state: str = "new") -> list[str]:
         client = f"http://{n.ip}:{self.cfg.client_port}"
@@ -120,8 +127,12 @@ class DB:
     def start(self, n: Node, state: str = "new") -> int:
         r = self.remotes[n.name]
         r.run(f"mkdir -p {shlex.quote(self.node_dir(n))}", timeout=20)
+        env: dict[str, str] = {}
+        for hook in self.start_hooks:
+            env.update(hook(n) or {})
         try:
-            return r.start_daemon(self.command(n, state), logfile=self.log_file(n), pidfile=self.pid_file(n))
+            return r.start_daemon(self.command(n, state), logfile=self.log_file(n), pidfile=self.pid_file(n),
+                                  env=env or None)
         except Exception as e:
             raise DBError(f"{n.name}: cannot start the {self.kind} server: {e}") from e
 
@@ -202,7 +213,9 @@ class DB:
                 f.write(f"log: {e}\n")
         tar = f"{self.node_dir(n)}/data.tar.gz"
         try:
-            r.run(f"tar -czf {shlex.quote(tar)} -C {shlex.quote(self.node_dir(n))} data", timeout=120, check=False)
+            parent, base = os.path.split(self.data_dir(n))  # named data/ in the tarball wherever it lives
+            r.run(f"tar -czf {shlex.quote(tar)} -C {shlex.quote(parent)} --transform {shlex.quote(f's,^{base},data,')} "
+                  f"{shlex.quote(base)}", timeout=120, check=False)
             r.download(tar, os.path.join(dest, "data.tar.gz"))
             r.run(f"rm -f {shlex.quote(tar)}", timeout=20, check=False)
         except Exception as e:  # noqa: BLE001
