@@ -50,6 +50,7 @@ class TestSpec:
     rate: float = 100.0  # ops/s over all workers; 0 for as fast as they go
     seed: int = 0
     nemesis_interval: float = 10.0
+    nemesis_concurrent: int = 1  # fault classes active at once (nemesis/schedule.py)
     op_timeout: float = 5.0
     recovery_timeout: float = 60.0
     name: str = ""
@@ -136,7 +137,8 @@ class Runner:
         self._t0 = time.monotonic_ns()
         self._hist_file = open(run_dir / store.HISTORY, "w", encoding="utf-8")
         self.history = HistoryWriter(self._hist_file)
-        self.schedule = Schedule(self.ctx, nemeses, spec.nemesis_interval, self.record, random.Random(spec.seed ^ 0x5C4E))
+        self.schedule = Schedule(self.ctx, nemeses, spec.nemesis_interval, self.record, random.Random(spec.seed ^ 0x5C4E),
+                                 concurrent=spec.nemesis_concurrent)
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ history
@@ -248,6 +250,9 @@ class Runner:
         interrupted = healed = False
         ticker = asyncio.create_task(self._report_progress())
         try:
+            for nem in self.nemeses:  # faults that shape how servers start (clock, lost-writes): before setup
+                if hasattr(nem, "prepare"):
+                    await asyncio.to_thread(nem.prepare, self.ctx)
             await asyncio.to_thread(self.db.setup)
             self._versions = {n.name: await asyncio.to_thread(self.db.version, n) for n in self.nodes}
             self._t0 = time.monotonic_ns()  # history time counts from the end of setup
@@ -298,6 +303,12 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - collecting is best effort; stopping is not
                 log.warning("%s: collecting logs failed: %s", n.name, e)
         self.db.teardown()
+        for nem in self.nemeses:  # with the servers stopped: what prepare made (mounts, files) goes
+            if hasattr(nem, "teardown"):
+                try:
+                    nem.teardown(self.ctx)
+                except Exception as e:  # noqa: BLE001 - every fault class gets its teardown
+                    log.warning("%s: nemesis teardown failed: %s", nem.name, e)
 
     def finish(self, interrupted: bool) -> Outcome:
         history = load_history(str(self.run_dir / store.HISTORY))
