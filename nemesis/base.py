@@ -20,7 +20,15 @@ from harness.remote import Remote
 
 
 class FaultRefused(Exception):
-    """This fault cannot be applied here; the message is the one-line reason."""
+    """This fault cannot be applied here; the message is the one-line reason.
+
+    permanent: it never can on these nodes (say, clock faults on a Go binary sharing this kernel's
+    clock), so the schedule records the refusal once and stops asking.
+    """
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 @dataclass
@@ -34,10 +42,19 @@ class NemesisContext:
     can_partition: bool = True  # False on the loopback fallback (no namespaces, no iptables)
     why_not_partition: str = ""
     control_ip: str | None = None  # the harness's own address as the nodes see it; never cut off
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # state fault classes share (e.g. "removed" members)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
+
+    def removed(self) -> set[str]:
+        """Nodes the member fault took out of the cluster: no other fault starts or targets them."""
+        return self.extra.setdefault("removed", set())
+
+    def members(self) -> list[Node]:
+        """The nodes that are cluster members now (every node, less the removed ones)."""
+        gone = self.removed()
+        return [n for n in self.nodes if n.name not in gone]
 
 
 @runtime_checkable
@@ -61,7 +78,7 @@ class Nemesis(Protocol):
 
 def choose_targets(ctx: NemesisContext, mode: str) -> list[Node]:
     """Nodes for a process fault: one, minority, majority, leader, all (asked of the cluster)."""
-    nodes = list(ctx.nodes)
+    nodes = ctx.members()
     if mode == "one":
         return [ctx.rng.choice(nodes)]
     if mode == "minority":

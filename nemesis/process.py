@@ -62,14 +62,14 @@ class KillNemesis(_ProcessFault):
 
     def heal(self, ctx: NemesisContext) -> dict:
         """Restart every node whose server is not running (whoever stopped it)."""
-        down = [n for n in ctx.nodes if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None]
+        down = [n for n in ctx.members() if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None]
         return self._restart(ctx, down)
 
     def _restart(self, ctx: NemesisContext, nodes: list[Node]) -> dict:
         started = {}
         for n in nodes:
-            if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
-                continue
+            if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
+                continue  # running already, or no longer a member (nemesis/member.py brings it back)
             started[n.name] = {"pid": ctx.db.start(n)}
         self.affected = []
         return {"nodes": sorted(started), "started": started}

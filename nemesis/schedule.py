@@ -2,10 +2,19 @@
 
 Each fault is a pair of ops from process "nemesis": f = start-<fault>, then stop-<fault>. The
 completion is `ok` with the evidence as its value when the fault applied, `fail` with the
-reason when it was refused, `info` when an error left it unknown. At the end (and on any exit
-path) `heal_all` undoes every fault class, also recorded. Remote commands are blocking, so
-each runs in a thread; a cancelled schedule waits for a command in flight to finish before it
-heals, so a heal never races the fault it undoes.
+reason when it was refused, `info` when an error left it unknown (the class is then healed at
+once, recorded as its stop). At the end (and on any exit path) `heal_all` undoes every fault
+class, also recorded. Remote commands are blocking, so each runs in a thread; a cancelled
+schedule waits for a command in flight to finish before it heals, so a heal never races the
+fault it undoes.
+
+Composition, after Jepsen's combined nemesis: `concurrent` lanes run side by side, each
+alternating wait / start / wait / stop over the classes drawn from a shuffled bag, so several
+fault classes can be active at once (a partition during a clock bump during a disk slowdown),
+but one class is never started twice at the same time. Lane i starts interval * i / lanes after
+the first (staggered starts), and every wait is the interval scaled by a uniform 0.75..1.25. A
+class refused as `permanent` (it can never apply on these nodes) is recorded once and leaves the
+bag; other refusals are asked again in later rounds (no leader right now, no server running).
 """
 from __future__ import annotations
 
@@ -19,6 +28,10 @@ from nemesis.base import FaultRefused, Nemesis, NemesisContext
 
 log = logging.getLogger("etcdproof.nemesis")
 Record = Callable[[Op], Op]  # writes an op to the history (assigns index and time)
+
+# the final heal goes from the network outwards: traffic flows, processes run and clocks are right
+# before crashed servers restart, and members come back last (they need a quorum to be re-added)
+HEAL_ORDER = ("partition", "net", "pause", "disk", "clock", "lost-writes", "kill", "member", "admin")
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:
@@ -34,16 +47,29 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
         raise
 
 
+def heal_order(nemeses: list[Nemesis]) -> list[Nemesis]:
+    """The classes in the order the final heal undoes them (unknown classes first, last added first)."""
+    rank = {name: i for i, name in enumerate(HEAL_ORDER)}
+    unknown = [n for n in reversed(nemeses) if n.name not in rank]
+    return unknown + sorted((n for n in nemeses if n.name in rank), key=lambda n: rank[n.name])
+
+
 class Schedule:
     def __init__(self, ctx: NemesisContext, nemeses: list[Nemesis], interval: float, record: Record,
-                 rng: random.Random) -> None:
+                 rng: random.Random, concurrent: int = 1) -> None:
+        if concurrent < 1:
+            raise ValueError(f"nemesis concurrency must be at least 1, not {concurrent}")
         self.ctx = ctx
         self.nemeses = nemeses
         self.interval = interval
         self.record = record
         self.rng = rng
+        self.concurrent = concurrent
         self.active: list[str] = []  # fault classes currently applied (for the progress display)
         self.refused: dict[str, str] = {}
+        self.dropped: set[str] = set()  # refused for good: never drawn again
+        self._busy: set[str] = set()  # drawn by a lane (waiting to start, or applied)
+        self._bag: list[Nemesis] = []
 
     async def _op(self, f: str, fn: Callable[[], dict]) -> Op:
         self.record(Op(0, NEMESIS, INVOKE, f))
@@ -51,41 +77,77 @@ class Schedule:
             evidence = await _in_thread(fn)
             return self.record(Op(0, NEMESIS, OK, f, value=evidence))
         except FaultRefused as e:
-            return self.record(Op(0, NEMESIS, FAIL, f, error=f"refused: {e}"))
+            extra = {"permanent": True} if getattr(e, "permanent", False) else {}
+            return self.record(Op(0, NEMESIS, FAIL, f, error=f"refused: {e}", extra=extra))
         except asyncio.CancelledError:
             self.record(Op(0, NEMESIS, INFO, f, error="interrupted"))
             raise
-        except Exception as e:  # noqa: BLE001 - a failed fault is recorded, then healed at the end
+        except Exception as e:  # noqa: BLE001 - a failed fault is recorded, then healed
             log.warning("%s failed: %s", f, e)
             return self.record(Op(0, NEMESIS, INFO, f, error=f"{type(e).__name__}: {e}"))
 
+    def _draw(self) -> Nemesis | None:
+        """The next class from the shuffled bag that no lane holds; None if every one is busy."""
+        for refill in (False, True):
+            if refill:
+                self._bag = [n for n in self.nemeses if n.name not in self.dropped]
+                self.rng.shuffle(self._bag)
+            for i in range(len(self._bag) - 1, -1, -1):
+                nem = self._bag[i]
+                if nem.name not in self._busy and nem.name not in self.dropped:
+                    del self._bag[i]
+                    self._busy.add(nem.name)
+                    return nem
+        return None
+
+    def _wait(self) -> float:
+        return self.interval * self.rng.uniform(0.75, 1.25)
+
     async def run(self) -> None:
-        """Alternate: wait, start a fault, wait, stop it; until cancelled."""
+        """Run the lanes until cancelled; each stops what it started on the way out."""
         if not self.nemeses:
             return
-        order: list[Nemesis] = []
+        lanes = min(self.concurrent, len(self.nemeses))
+        await asyncio.gather(*(self._lane(i, lanes) for i in range(lanes)))
+
+    async def _lane(self, i: int, lanes: int) -> None:
+        await asyncio.sleep(self.interval * i / lanes)
         while True:
-            if not order:
-                order = list(self.nemeses)
-                self.rng.shuffle(order)
-            nem = order.pop()
-            await asyncio.sleep(self.interval * self.rng.uniform(0.75, 1.25))
-            started = await self._op(f"start-{nem.name}", lambda: nem.start(self.ctx))
-            if started.type == FAIL:
-                self.refused[nem.name] = (started.error or "").removeprefix("refused: ")
+            if len(self.dropped) == len({n.name for n in self.nemeses}):
+                return  # nothing can apply here: the refusals are in the history
+            nem = self._draw()
+            if nem is None:
+                await asyncio.sleep(self.interval / 4)
                 continue
-            self.active.append(nem.name)
             try:
-                await asyncio.sleep(self.interval * self.rng.uniform(0.75, 1.25))
+                await self._cycle(nem)
             finally:
-                if started.type == OK:
-                    await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
-                self.active.remove(nem.name)
+                self._busy.discard(nem.name)
+
+    async def _cycle(self, nem: Nemesis) -> None:
+        """Wait, start one fault of nem's class, wait, stop it (also when cancelled meanwhile)."""
+        await asyncio.sleep(self._wait())
+        started = await self._op(f"start-{nem.name}", lambda: nem.start(self.ctx))
+        if started.type == FAIL:
+            self.refused[nem.name] = (started.error or "").removeprefix("refused: ")
+            if (started.extra or {}).get("permanent"):
+                self.dropped.add(nem.name)
+            return
+        if started.type == INFO:  # it may be half applied: undo the class now rather than at the end
+            await self._op(f"stop-{nem.name}", lambda: nem.heal(self.ctx))
+            return
+        self.active.append(nem.name)
+        try:
+            await asyncio.sleep(self._wait())
+        finally:
+            await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
+            self.active.remove(nem.name)
 
     async def heal_all(self) -> list[Op]:
-        """Undo every fault class (idempotent); recorded as stop ops. Never raises."""
+        """Undo every fault class (idempotent), network first, members last; recorded as stop
+        ops. Never raises."""
         out = []
-        for nem in reversed(self.nemeses):
+        for nem in heal_order(self.nemeses):
             out.append(await self._op(f"stop-{nem.name}", lambda nem=nem: nem.heal(self.ctx)))
         self.active.clear()
         return out
