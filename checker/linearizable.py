@@ -226,7 +226,7 @@ def check(history: list[Op], model: Model, time_limit: float | None = None, max_
     deadline = None if time_limit is None else t0 + time_limit
     ops = operations(history, model)
     groups = [g for g in model.partitions(ops) if g]
-    groups.sort(key=lambda g: str(g[0].key))
+    groups.sort(key=lambda g: _key_order(g[0].key))
     if workers is None:
         workers = _auto_workers(groups)
     results: list[PartitionResult]
@@ -242,6 +242,13 @@ def check(history: list[Op], model: Model, time_limit: float | None = None, max_
             results.append(check_partition(model, g, deadline, max_steps, explain_limit))
     verdict = compose(r.valid for r in results)
     return CheckResult(verdict, model, results, time.monotonic() - t0, len(ops), workers)
+
+
+def _key_order(k: Hashable) -> tuple:
+    """Partitions in a stable, readable order: numbers numerically, then the rest as text."""
+    if isinstance(k, (int, float)) and not isinstance(k, bool):
+        return (0, k, "")
+    return (1, 0, str(k))
 
 
 def _undecided(ops: list[Operation], model: Model, reason: str) -> PartitionResult:
