@@ -42,7 +42,7 @@ def assert_faults_applied(outcome, nemesis: list[str]) -> None:
 
 def run(run_etcdproof, workload: str, db: str, nemesis: list[str], limit: float, **kw):
     return run_etcdproof(workload, db=db, nemesis=nemesis, time_limit=limit, nodes=NODES,
-                         nemesis_interval=2.5, seed=kw.pop("seed", 7), **kw)
+                         nemesis_interval=kw.pop("nemesis_interval", 2.5), seed=kw.pop("seed", 7), **kw)
 
 
 # ------------------------------------------------------------------ lock
