@@ -298,10 +298,28 @@ class RaftNode:
         leader = self.raft.role == Role.LEADER and len(self.raft.voters) > 1
         early = [m for m in rd.messages if leader and m.type in _EARLY] if leader else []
         late = [m for m in rd.messages if not (leader and m.type in _EARLY)] if leader else rd.messages
+        # committed entries this member persisted in earlier Readys are applied (and their
+        # clients answered) now, while this Ready's entries are written: the disk write is then
+        # off the answer's path (as etcd hands committed entries to its applier before saving)
+        committed = rd.committed_entries
+        stable = self.raft.log.stabled if rd.snapshot is None else 0
+        n_pre = 0
+        while n_pre < len(committed) and committed[n_pre].Index <= stable:
+            n_pre += 1
         if early:
             self.srv.transport.send(early)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
+        if n_pre:
+            self._apply(committed[:n_pre] if n_pre < len(committed) else committed)
+        for rs in rd.read_states:
+            # reads that queued up meanwhile mean load: batch the next round
+            self._reads_busy = bool(self._read_waiters)
+            waiters = self._reads.pop(rs.ctx, None)
+            if waiters is not None:
+                self._ready_reads.append((rs.index, waiters))
+        if self._ready_reads:
+            self._release_reads()
         # a hard state that only moves the commit index need not be written at once: losing it
         # in a crash only makes raft relearn the commit index from the leader (etcd does not
         # fsync it either); it goes out with the next entries. That saves a WAL round trip per
@@ -312,14 +330,9 @@ class RaftNode:
             await loop.run_in_executor(self._wal_io, self._write, data, last, rd.hard_state, rd.must_sync)
         if late:
             self.srv.transport.send(late)
-        if rd.committed_entries:
-            self._apply(rd.committed_entries)
-        for rs in rd.read_states:
-            # reads that queued up meanwhile mean load: batch the next round
-            self._reads_busy = bool(self._read_waiters)
-            waiters = self._reads.pop(rs.ctx, None)
-            if waiters is not None:
-                self._ready_reads.append((rs.index, waiters))
+        if n_pre < len(committed):
+            # entries persisted only just now (a lone voter commits what it appends)
+            self._apply(committed[n_pre:] if n_pre else committed)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
 

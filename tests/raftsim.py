@@ -83,6 +83,8 @@ class Faults:
     split_ready: float = 0.2  # chance a Ready is persisted and sent now, applied later
     early: float = 0.5  # chance a leader sends its appends and heartbeats before persisting
     early_alone: bool = False  # ... even when it is the only voter (unsafe: for demonstration)
+    early_apply: float = 0.5  # chance committed entries persisted by earlier Readys are applied
+    # before this Ready is persisted (as the server does, so answers do not wait for the disk)
     partition: float = 0.03  # weight of "split the network"
     heal: float = 0.04  # weight of "heal the network"
     conf: float = 0.01  # weight of "propose a membership change"
@@ -121,7 +123,7 @@ class Faults:
 
 PRESETS: dict[str, Faults] = {
     "none": Faults(drop=0, dup=0, delay=0, skew=0, crash=0, restart=0, ready_crash=0, split_ready=0, early=0,
-                   partition=0, heal=0, conf=0, transfer=0, snapshot=0, pause=0),
+                   early_apply=0, partition=0, heal=0, conf=0, transfer=0, snapshot=0, pause=0),
     "default": Faults(),
     "net": Faults(drop=0.15, dup=0.1, delay=0.4, crash=0, restart=0, ready_crash=0, partition=0.02),
     "crash": Faults(drop=0.02, crash=0.04, restart=0.12, ready_crash=0.02, partition=0, pause=0.02),
@@ -211,6 +213,7 @@ class Node:
     app: App = field(default_factory=App)
     incarnation: int = 0
     pending: Ready | None = None  # persisted and sent, not yet applied
+    pending_applied: int = 0  # how many of pending's committed entries were applied early
     seen_commit: int = 0  # committed index already checked, this incarnation
     led: tuple = ()  # (incarnation, term) of the leadership last checked for completeness
     dirty: bool = True  # may have a Ready (something happened to it since has_ready() said no)
@@ -266,7 +269,7 @@ class Sim:
         self.reads: dict[bytes, int] = {}  # ctx -> least index the read must cover
         self.stats = {"elections": 0, "applied": 0, "reads": 0, "reads_served": 0, "crashes": 0,
                       "snapshots_sent": 0, "snapshots_installed": 0, "conf_changes": 0, "confs_applied": 0,
-                      "transfers": 0, "timeout_now": 0, "rejected_appends": 0, "dropped": 0}
+                      "transfers": 0, "timeout_now": 0, "rejected_appends": 0, "dropped": 0, "early_applied": 0}
         f = self.faults
         self._fixed = [(f.propose, self.propose), (f.read, self.read), (f.crash, self.crash_one),
                        (f.partition, self.partition), (f.conf, self.conf_change), (f.transfer, self.transfer),
@@ -432,6 +435,19 @@ class Sim:
             msgs = [m for m in msgs if m.type not in (MsgType.APP, MsgType.HEARTBEAT)]
             for m in early:
                 self.send(m, node)
+        n_pre = 0
+        if rd.snapshot is None and rd.committed_entries and self.rng.random() < f.early_apply:
+            # committed entries this node persisted in earlier Readys may be applied (and their
+            # clients answered) before this Ready's entries are persisted
+            stable = r.log.stabled
+            while n_pre < len(rd.committed_entries) and rd.committed_entries[n_pre].Index <= stable:
+                e = rd.committed_entries[n_pre]
+                if e.Index != node.app.applied + 1:
+                    self.fail(f"node {node.id} applies entry {e.Index} after {node.app.applied}")
+                self.apply_entry(node, e)
+                n_pre += 1
+            if n_pre:
+                self.stats["early_applied"] += n_pre
         if crash_at == "before-persist":
             self.crash(node, " before persisting its Ready")
             return
@@ -445,6 +461,7 @@ class Sim:
             self.crash(node, " after sending, before applying")
             return
         node.pending = rd
+        node.pending_applied = n_pre
         if self.rng.random() >= f.split_ready:
             self.finish_ready(node)
 
@@ -486,7 +503,7 @@ class Sim:
             self.log(f"{node.id} applies {s}")
             self.stats["snapshots_installed"] += 1
             node.app = app = App(list(s.data), s.meta.conf, s.meta.index, s.meta.term)
-        for e in rd.committed_entries:
+        for e in rd.committed_entries[node.pending_applied:]:
             if e.Index != app.applied + 1:
                 self.fail(f"node {node.id} applies entry {e.Index} after {app.applied}")
             self.apply_entry(node, e)

@@ -65,6 +65,7 @@ def test_short_runs(preset: str, counts: tuple, per: int, steps: int) -> None:
             runs += 1
     assert total["elections"] >= 0.9 * runs and total["applied"] >= 0.9 * runs, (runs, total)
     assert total["reads_served"] > 0.3 * runs, (runs, total)
+    assert total["early_applied"] > 0, total  # answers before the disk write were exercised
     if preset in ("churn", "chaos"):
         assert total["confs_applied"] > 0 and total["snapshots_installed"] > 0, total
 

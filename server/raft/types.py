@@ -135,8 +135,10 @@ class ReadState:
 class Ready:
     """What the application must do, in this order: persist hard_state, entries and snapshot
     (fsync when must_sync), then send messages, then apply snapshot and committed_entries, then
-    call Raft.advance(this). Committed entries may include some of `entries`; they are applied
-    only after being persisted, which the order above guarantees. A leader whose configuration
+    call Raft.advance(this). Committed entries may include some of `entries`; those are applied
+    only after being persisted, which the order above guarantees; committed entries at or below
+    what earlier Readys persisted (`RaftLog.stabled` when the Ready is taken) may be applied at
+    once, before this Ready is persisted. A leader whose configuration
     has other voters may send its APP and HEARTBEAT messages before persisting (Raft thesis
     10.2.1); a lone voter must not: it elects itself and commits in memory, so those messages
     can carry a term and a commit index it has not persisted (tests/raft/testdata/early-send.txt)."""
