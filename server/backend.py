@@ -44,8 +44,10 @@ class Backend:
         batch_interval: float = 0.1,
         batch_limit: int = 10000,
         observe_commit: Callable[[float], None] | None = None,
+        no_fsync: bool = False,
     ) -> None:
         self.path = path
+        self.no_fsync = no_fsync  # --unsafe-no-fsync: LMDB commits without syncing
         self.map_size = map_size
         self.batch_interval = batch_interval
         self.batch_limit = batch_limit
@@ -71,8 +73,8 @@ class Backend:
             map_size=self.map_size,
             max_dbs=len(BUCKETS) + 2,
             max_readers=1024,
-            sync=True,
-            metasync=True,
+            sync=not self.no_fsync,
+            metasync=not self.no_fsync,
             readahead=False,
             meminit=False,
         )

@@ -116,6 +116,7 @@ class Config:
     backend_batch_limit: int = 10000
     watch_progress_notify_interval: float = 600.0
     log_level: str = "info"
+    unsafe_no_fsync: bool = False
 
     @property
     def member_dir(self) -> str:
@@ -162,7 +163,10 @@ FLAGS: list[tuple[str, str, str, str]] = [
     ("--backend-batch-limit", "backend_batch_limit", "10000", "most writes in one backend commit"),
     ("--experimental-watch-progress-notify-interval", "watch_progress_notify_interval", "10m", "interval of watch progress notifications"),
     ("--log-level", "log_level", "info", "debug, info, warn or error"),
+    ("--unsafe-no-fsync", "unsafe_no_fsync", "false",
+     "skip the fsync of WAL appends and backend commits (unsafe: a crash loses acknowledged writes; as etcd's flag)"),
 ]
+BOOL_FLAGS = {"--unsafe-no-fsync"}  # may stand alone (= true), as etcd's boolean flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="etcdproof's reference etcd v3 server. Flags follow etcd's; each may also be set as ETCD_<FLAG>.",
     )
     for flag, dest, _default, help_text in FLAGS:
-        p.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=help_text)
+        p.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=help_text,
+                       **({"nargs": "?", "const": "true"} if flag in BOOL_FLAGS else {}))
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -275,6 +280,9 @@ def _build(raw: dict[str, str], explicit: set[str]) -> Config:
     except ValueError as e:
         raise ValueError(str(e)) from None
     c.backend_batch_limit = _int(raw, "backend_batch_limit", "--backend-batch-limit", 1)
+    if raw["unsafe_no_fsync"].lower() not in ("true", "false"):
+        raise ValueError("--unsafe-no-fsync must be true or false")
+    c.unsafe_no_fsync = raw["unsafe_no_fsync"].lower() == "true"
     c.log_level = raw["log_level"]
     if c.log_level not in ("debug", "info", "warn", "error"):
         raise ValueError("--log-level must be debug, info, warn or error")

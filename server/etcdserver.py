@@ -101,6 +101,8 @@ class EtcdServer:
 
         os.makedirs(cfg.member_dir, exist_ok=True)
         self._lock_data_dir()
+        if cfg.unsafe_no_fsync:
+            log.warning("--unsafe-no-fsync: WAL appends and backend commits are not fsynced; a crash loses acknowledged writes")
         self.backend = self._open_backend()
         self.lessor = Lessor(min_lease_ttl(cfg.heartbeat_ms, cfg.election_ms))
         self.lessor.demote()  # clocks run only while this member leads
@@ -116,6 +118,7 @@ class EtcdServer:
             batch_interval=cfg.backend_batch_interval,
             batch_limit=cfg.backend_batch_limit,
             observe_commit=self.metrics.backend_commit.observe,
+            no_fsync=cfg.unsafe_no_fsync,
         )
 
     # ------------------------------------------------------------ startup
@@ -130,7 +133,8 @@ class EtcdServer:
         self._lockfile = fd
 
     def _walkw(self) -> dict:
-        return dict(max_wals=self.cfg.max_wals, observe_fsync=self.metrics.wal_fsync.observe)
+        return dict(max_wals=self.cfg.max_wals, observe_fsync=self.metrics.wal_fsync.observe,
+                    no_fsync=self.cfg.unsafe_no_fsync)
 
     def _has_wal(self) -> bool:
         p = self.cfg.wal_path

@@ -224,6 +224,7 @@ class WAL:
         segment_bytes: int = SEGMENT_BYTES,
         max_wals: int = 5,
         observe_fsync: Callable[[float], None] | None = None,
+        no_fsync: bool = False,
     ) -> None:
         self.dir = wal_dir
         self.metadata = metadata
@@ -235,6 +236,7 @@ class WAL:
         self.segment_bytes = segment_bytes
         self.max_wals = max_wals
         self.observe_fsync = observe_fsync or (lambda s: None)
+        self.no_fsync = no_fsync  # --unsafe-no-fsync: appends are never made durable (segment files still are)
         segs = list_segments(wal_dir)
         self._segments = segs
         self._f = open(segs[-1].path, "ab")
@@ -302,7 +304,8 @@ class WAL:
             return
         self._f.flush()
         t0 = time.monotonic()
-        os.fdatasync(self._f.fileno())
+        if not self.no_fsync:
+            os.fdatasync(self._f.fileno())
         self.observe_fsync(time.monotonic() - t0)
         self._dirty = False
 
