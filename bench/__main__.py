@@ -72,8 +72,13 @@ def kv_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "checker":
+        from bench.checker import main as checker_main
+
+        return checker_main(argv[1:])
     if not argv or argv[0] not in ("kv",):
-        print("usage: python -m bench kv [options]   (bench disk arrives with the benchmark issue)", file=sys.stderr)
+        print("usage: python -m bench kv|checker [options]   (bench disk arrives with the benchmark issue)",
+              file=sys.stderr)
         return 2
     return kv_main(argv[1:])
 

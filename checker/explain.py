@@ -100,7 +100,8 @@ class _Trials:
         copies = [replace(op) for op in ops]
         m = self.model
         out = search(copies, init, m.step, deadline=self.deadline, max_steps=TRIAL_STEPS,
-                     progress=None if isinstance(init, AnyOf) else m.progress, limit=m.limit)
+                     progress=None if isinstance(init, AnyOf) else m.progress, limit=m.limit,
+                     preserves=m.preserves)
         if out.valid == "unknown":
             self.undecided += 1
         return out.valid is INVALID

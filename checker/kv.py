@@ -360,6 +360,18 @@ class KVModel(Model):
             return f"response revision {rev}, but here the revision would be {after.rev}"
         return "the response differs from what this state gives: " + repr(results)
 
+    def preserves(self, req: tuple, out: Any) -> bool:
+        """Reads, and txns whose recorded branch wrote nothing (no put, deletes of nothing)."""
+        if not any(op[0] != "range" for branch in (req[1], req[2]) for op in branch):
+            return True
+        if out is UNKNOWN or out[0] == "persisted" or out[0] is None:
+            return False
+        branch = req[1] if out[0] else req[2]
+        for n, op in enumerate(branch):
+            if op[0] == "put" or (op[0] == "delete" and (out[1] is None or out[1][n] != 0)):
+                return False
+        return True
+
     def relax(self, req: tuple, out: Any) -> Any:
         """Reads say nothing; a write with a known revision keeps it (its revision pins it in
         the order, which keeps explaining cheap) and loses its interval."""

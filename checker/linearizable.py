@@ -22,7 +22,7 @@ from checker.history import INFO, INVOKE, NEMESIS, Op
 from checker.models import Model
 from checker.wgl import INVALID, UNKNOWN, VALID, Operation, search
 
-PARALLEL_MIN_OPS = 4000  # below this, starting worker processes costs more than it saves
+PARALLEL_AFTER = 1.0  # seconds of checking in this process before the rest goes to workers
 DEFAULT_EXPLAIN_LIMIT = 10.0  # seconds for explaining the failing partitions
 
 
@@ -196,7 +196,7 @@ def check_partition(model: Model, ops: list[Operation], deadline: float | None =
     t0 = time.monotonic()
     ops = model.refine(ops)
     out = search(ops, model.init(), model.step, deadline=deadline, max_steps=max_steps,
-                 progress=model.progress, limit=model.limit)
+                 progress=model.progress, limit=model.limit, preserves=model.preserves)
     r = PartitionResult(ops[0].key if ops else None, out.valid, ops, out.path, out.end_state, out.reason,
                         steps=out.steps, cache_size=out.cache_size)
     if out.valid is INVALID:
@@ -219,29 +219,39 @@ def check(history: list[Op], model: Model, time_limit: float | None = None, max_
 
     time_limit: seconds for the whole check (None: no limit); partitions not decided in time
     are "unknown". max_steps: search steps per partition. workers: processes to check
-    partitions in (None: decide by size; 1: in this process). explain_limit: seconds for
-    computing each failing partition's minimal set of ops.
+    partitions in; None: in this process until that has taken PARALLEL_AFTER seconds with
+    partitions left, then the rest in one worker process per CPU (starting workers costs about
+    0.1-0.3 s here, so only long checks gain); 1: always in this process. explain_limit:
+    seconds for computing each failing partition's minimal set of ops.
     """
     t0 = time.monotonic()
     deadline = None if time_limit is None else t0 + time_limit
     ops = operations(history, model)
     groups = [g for g in model.partitions(ops) if g]
     groups.sort(key=lambda g: _key_order(g[0].key))
+    results: list[PartitionResult | None] = [None] * len(groups)
+    cpus = os.cpu_count() or 1
     if workers is None:
-        workers = _auto_workers(groups)
-    results: list[PartitionResult]
-    if workers > 1 and len(groups) > 1:
-        results = _check_parallel(model, groups, deadline, max_steps, workers, explain_limit)
+        workers = 1 if cpus < 2 or len(groups) < 2 else cpus
+        adaptive = True
     else:
-        workers = 1
-        results = []
-        for g in groups:
-            if deadline is not None and time.monotonic() >= deadline:
-                results.append(_undecided(g, model, "time limit"))
-                continue
-            results.append(check_partition(model, g, deadline, max_steps, explain_limit))
-    verdict = compose(r.valid for r in results)
-    return CheckResult(verdict, model, results, time.monotonic() - t0, len(ops), workers)
+        adaptive = False
+    used = 1
+    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))  # largest first
+    for n, i in enumerate(order):
+        rest = order[n:]
+        if workers > 1 and len(rest) > 1 and (not adaptive or time.monotonic() - t0 >= PARALLEL_AFTER):
+            used = min(workers, len(rest))
+            for j, r in zip(rest, _check_parallel(model, [groups[j] for j in rest], deadline, max_steps,
+                                                  used, explain_limit)):
+                results[j] = r
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            results[i] = _undecided(groups[i], model, "time limit")
+            continue
+        results[i] = check_partition(model, groups[i], deadline, max_steps, explain_limit)
+    done = [r for r in results if r is not None]
+    return CheckResult(compose(r.valid for r in done), model, done, time.monotonic() - t0, len(ops), used)
 
 
 def _key_order(k: Hashable) -> tuple:
@@ -255,13 +265,6 @@ def _undecided(ops: list[Operation], model: Model, reason: str) -> PartitionResu
     return PartitionResult(ops[0].key, UNKNOWN, ops, [], model.init(), reason)
 
 
-def _auto_workers(groups: list[list[Operation]]) -> int:
-    total = sum(len(g) for g in groups)
-    if len(groups) < 2 or total < PARALLEL_MIN_OPS:
-        return 1
-    return max(1, min(len(groups), os.cpu_count() or 1))
-
-
 def _check_parallel(model: Model, groups: list[list[Operation]], deadline: float | None,
                     max_steps: int | None, workers: int, explain_limit: float) -> list[PartitionResult]:
     """Partitions in worker processes, largest first; a worker that fails gives "unknown".
@@ -272,11 +275,10 @@ def _check_parallel(model: Model, groups: list[list[Operation]], deadline: float
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
-    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))
     results: list[PartitionResult | None] = [None] * len(groups)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {}
-        for i in order:
+        for i in range(len(groups)):
             futures[i] = pool.submit(_worker, (model, groups[i], deadline, max_steps, explain_limit))
         for i, fut in futures.items():
             try:

@@ -117,6 +117,10 @@ class Model:
         None (explanations then never cut off the beginning of a history)."""
         return None
 
+    def preserves(self, inp: Any, out: Any) -> bool:
+        """True if every step that accepts this op leaves the state as it was (reads)."""
+        return False
+
     # Optional pruning (see checker.wgl.search): progress(state) never decreases along a
     # linearization; limit(input, output) is the most progress possible just before the op.
     progress = None
@@ -208,6 +212,9 @@ class RegisterModel(Model):
 
     def relax(self, inp: tuple, out: Any) -> Any:
         return None if inp[0] == "r" else UNKNOWN
+
+    def preserves(self, inp: tuple, out: Any) -> bool:
+        return inp[0] == "r" or out is False
 
     def any_state(self, ops: list) -> Any:
         values = {self.initial}

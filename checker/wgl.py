@@ -14,6 +14,9 @@ How it works (the shape of Porcupine's checker, written for Python):
 - Required candidates are tried before optional ones: an optional operation is applied only
   when the required ones cannot proceed, which keeps valid histories with many timeouts close
   to linear. Optional ones are tried most recently called first.
+- A required operation that never changes the state (a read; the model says which) is
+  linearized at once and alone when it fits: any linearization from here can be reordered to
+  take it first, so when that leads nowhere, nothing else from that node does either.
 - A model may give a progress measure that never decreases (etcd's revision) and, per op, the
   most progress there can be before it; states past the limit of an op still to come are dead.
 - Optional operations with the same input and output are interchangeable once called, so
@@ -86,7 +89,7 @@ class Outcome:
 
 
 class _Entry:
-    __slots__ = ("op", "is_call", "match", "prev", "next", "required", "bit", "group", "rank")
+    __slots__ = ("op", "is_call", "match", "prev", "next", "required", "bit", "group", "rank", "keeps")
 
     def __init__(self, op: Operation | None, is_call: bool) -> None:
         self.op = op
@@ -98,6 +101,7 @@ class _Entry:
         self.bit = 0
         self.group = 0  # optional ops: index of its group of interchangeable ops
         self.rank = 0  # optional ops: position in its group, by call
+        self.keeps = False  # required ops the model says never change the state
 
 
 def _build(ops: list[Operation]) -> tuple[_Entry, int]:
@@ -172,6 +176,7 @@ def search(
     clock: Callable[[], float] = time.monotonic,
     progress: Callable[[Any], int] | None = None,
     limit: Callable[[Any, Any], int | None] | None = None,
+    preserves: Callable[[Any, Any], bool] | None = None,
 ) -> Outcome:
     """Decide whether `ops` (one partition) can be linearized from state `init`.
 
@@ -182,9 +187,16 @@ def search(
     progress and limit (optional, from the model) prune with a quantity that never decreases
     along a linearization, such as etcd's revision: limit(input, output) is the most progress
     there can be just before that op, so a state whose progress exceeds the limit of a required
-    op still to come is a dead end.
+    op still to come is a dead end. preserves(input, output) says an op leaves every state it
+    is accepted in unchanged (reads): such an op is taken as soon as it fits, alone.
     """
     head, n_groups = _build(ops)
+    if preserves is not None:
+        e = head.next
+        while e is not None:
+            if e.is_call and e.required:
+                e.keeps = bool(preserves(e.op.input, e.op.output))
+            e = e.next
     n_req = sum(1 for op in ops if op.required)
     has_opt = n_req < len(ops)
     applied = [0] * n_groups  # per group: how many of its members are applied (a prefix)
@@ -210,7 +222,8 @@ def search(
     optset = 0  # optional ops applied
     seen: set = set()  # (lin, state) when there are no optional ops
     dominated_by: dict = {}  # (lin, state) -> [optset, ...] otherwise
-    stack: list[tuple[_Entry, Any, int]] = []  # (entry lifted, state before it, phase)
+    # (entry lifted, state before it, phase it was found in; 2: a state-preserving required op)
+    stack: list[tuple[_Entry, Any, int]] = []
     remaining = n_req
     best_len = -1
     best: list[tuple[_Entry, Any]] = []
@@ -236,12 +249,14 @@ def search(
                 if dirty:
                     best, best_state = [(e, s) for e, s, _ in stack], state
                 break
-        if phase == 0:
-            if entry is not None and entry.is_call:
+        if entry is None:
+            pass  # backtrack
+        elif phase == 0:
+            if entry.is_call:
                 if not entry.required:
                     entry = entry.next
                     continue
-            elif has_opt and entry is not None:
+            elif has_opt:
                 # required candidates used up: optional ones called before this return,
                 # the most recently called first (likelier to have just taken effect)
                 phase = 1
@@ -261,6 +276,7 @@ def search(
             if not stack:
                 break
             entry, state, phase = stack.pop()
+            forced = phase == 2
             if entry.required:
                 lin ^= entry.bit
                 remaining += 1
@@ -272,6 +288,9 @@ def search(
                 optset ^= entry.bit
                 applied[entry.group] -= 1
             _unlift(entry)
+            if forced:  # it was the only move worth trying here: this node is done too
+                entry = None
+                continue
             entry = entry.next if phase == 0 else entry.prev
             continue
         required = entry.required
@@ -313,8 +332,11 @@ def search(
                             break
                     else:
                         lst.append(new_opt)
+            # a required op that leaves the state as it is can go first without loss: if that
+            # fails, every other choice here does too
+            keeps = entry.keeps
             if fresh:
-                stack.append((entry, state, phase))
+                stack.append((entry, state, 2 if keeps else phase))
                 state = new_state
                 lin, optset = new_lin, new_opt
                 if required:
@@ -330,6 +352,9 @@ def search(
                 _lift(entry)
                 entry = head.next
                 phase = 0
+                continue
+            if keeps:  # already explored (or dominated), and it failed: so does this node
+                entry = None
                 continue
         entry = entry.next if phase == 0 else entry.prev
 
