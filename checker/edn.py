@@ -32,8 +32,8 @@ class EDNError(ValueError):
     pass
 
 
-_TOKEN = re.compile(r'''
-    (?P<skip>[\s,]+|;[^\n]*)
+_TOKEN = re.compile(r'''[\s,]*(?:
+    (?P<skip>;[^\n]*)
   | (?P<str>"(?:[^"\\]|\\.)*")
   | (?P<open>\#\{|[\[{(])
   | (?P<close>[\]})])
@@ -41,7 +41,7 @@ _TOKEN = re.compile(r'''
   | (?P<tag>\#[A-Za-z][^\s,\[\]{}()"]*)
   | (?P<char>\\(?:newline|space|tab|return|formfeed|backspace|u[0-9a-fA-F]{4}|\S))
   | (?P<atom>[^\s,\[\]{}()";]+)
-''', re.X | re.S)
+  | \Z)''', re.X | re.S)
 _INT = re.compile(r"[+-]?\d+N?\Z")
 _FLOAT = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?M?\Z")
 _RATIO = re.compile(r"[+-]?\d+/\d+\Z")
@@ -127,10 +127,12 @@ def read_all(text: str) -> Iterator[Any]:
             raise EDNError(f"EDN: cannot read at offset {pos}: {text[pos:pos + 20]!r}")
         pos = m.end()
         kind = m.lastgroup
+        if kind is None:  # only whitespace was left
+            break
         if kind == "skip":
             continue
         if kind == "open":
-            stack.append((m.group(), []))
+            stack.append((m.group(kind), []))
             continue
         if kind == "discard":
             markers.append(("discard", len(stack)))
@@ -140,13 +142,13 @@ def read_all(text: str) -> Iterator[Any]:
             continue
         if kind == "close":
             if not stack:
-                raise EDNError(f"EDN: unexpected {m.group()!r} at offset {m.start()}")
+                raise EDNError(f"EDN: unexpected {m.group(kind)!r} at offset {m.start(kind)}")
             opener, items = stack.pop()
-            if _CLOSE[opener] != m.group():
-                raise EDNError(f"EDN: {opener!r} closed by {m.group()!r} at offset {m.start()}")
+            if _CLOSE[opener] != m.group(kind):
+                raise EDNError(f"EDN: {opener!r} closed by {m.group(kind)!r} at offset {m.start(kind)}")
             if opener == "{":
                 if len(items) % 2:
-                    raise EDNError(f"EDN: a map with an odd number of forms before offset {m.start()}")
+                    raise EDNError(f"EDN: a map with an odd number of forms before offset {m.start(kind)}")
                 v: Any = {}
                 for i in range(0, len(items), 2):
                     k = items[i]
@@ -159,12 +161,12 @@ def read_all(text: str) -> Iterator[Any]:
             else:
                 v = items
         elif kind == "str":
-            v = _string(m.group())
+            v = _string(m.group(kind))
         elif kind == "char":
-            s = m.group()[1:]
+            s = m.group(kind)[1:]
             v = _CHARS.get(s, chr(int(s[1:], 16)) if len(s) == 5 and s[0] == "u" else s)
         else:
-            v = _atom(m.group())
+            v = _atom(m.group(kind))
         out = emit(v)
         if out is not _NOTHING:
             yield out
