@@ -99,9 +99,12 @@ class _Trials:
         self.count += 1
         copies = [replace(op) for op in ops]
         m = self.model
+        # from an any-state a read does change the state (it learns the value), and the
+        # revision is unknown: no read-first rule and no progress pruning then
+        concrete = not isinstance(init, AnyOf)
         out = search(copies, init, m.step, deadline=self.deadline, max_steps=TRIAL_STEPS,
-                     progress=None if isinstance(init, AnyOf) else m.progress, limit=m.limit,
-                     preserves=m.preserves)
+                     progress=m.progress if concrete else None, limit=m.limit,
+                     preserves=m.preserves if concrete else None)
         if out.valid == "unknown":
             self.undecided += 1
         return out.valid is INVALID

@@ -4,6 +4,7 @@ runs of the sequential model with one response corrupted (so both verdicts come 
 Also: every minimal set an explanation reports fails on its own under the same oracle."""
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 from typing import Any
@@ -19,7 +20,7 @@ from checker.wgl import INVALID, VALID, search
 
 from checker_oracle import brute_force
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("CHECKER_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite

@@ -213,3 +213,11 @@ def test_versioned_register_uses_revisions():
     # a lost write's version is learned from the read that saw it
     ok = Recorder().inv(0, "write", 1).done(0, "info", "write", 1).op(1, "read", None, result=1, revision=9, mod_revision=7)
     assert run(ok, versioned_register_model()).valid is True
+
+
+def test_a_write_of_the_value_already_there_is_not_a_read():
+    """Only ops that never change the state may be taken first and alone: a write of the
+    current value does not change it now, but it does later, where it is needed."""
+    rec = Recorder().inv(0, "write", 1).inv(1, "write", 0).done(1, "ok", "write", 0)
+    rec.inv(2, "read").done(2, "ok", "read", 1).done(0, "ok", "write", 1)
+    assert run(rec, register_model(initial=1)).valid is True  # write 0, write 1, read 1
