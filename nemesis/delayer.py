@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     q.set_mode(0, fnfqueue.COPY_META)
     q.set_maxlen(100_000)
     q.fail_open = True  # a full queue lets packets through rather than dropping them
+    q.gso = True  # whole GSO packets, not segmented for us (we only hold them)
 
     held: collections.deque = collections.deque()
     cv = threading.Condition()
