@@ -114,6 +114,7 @@ class EtcdClient:
         )
         self.kv = pbg.KVStub(self._ch)
         self.maint = pbg.MaintenanceStub(self._ch)
+        self.cluster = pbg.ClusterStub(self._ch)
         self.lease = pbg.LeaseStub(self._ch)
         self.watcher = pbg.WatchStub(self._ch)
         self.locker = lockg.LockStub(self._ch)
@@ -244,3 +245,18 @@ class EtcdClient:
         """Compact the key-value history up to revision; returns the response's revision."""
         r = await self._call(self.kv.Compact, pb.CompactionRequest(revision=revision, physical=physical), False)
         return r.header.revision
+
+    # ------------------------------------------------- membership and maintenance (nemesis/member.py, admin.py)
+    async def member_list(self, linearizable: bool = True) -> pb.MemberListResponse:
+        return await self._call(self.cluster.MemberList, pb.MemberListRequest(linearizable=linearizable), True)
+
+    async def member_add(self, peer_urls: list[str], learner: bool = False) -> pb.MemberAddResponse:
+        """etcdctl member add: the new member's ID and the membership with it."""
+        return await self._call(self.cluster.MemberAdd, pb.MemberAddRequest(peerURLs=peer_urls, isLearner=learner), False)
+
+    async def member_remove(self, member_id: int) -> pb.MemberRemoveResponse:
+        return await self._call(self.cluster.MemberRemove, pb.MemberRemoveRequest(ID=member_id), False)
+
+    async def defragment(self, timeout: float | None = None) -> None:
+        """etcdctl defrag of this member (it blocks while it rewrites its backend)."""
+        await self._call(self.maint.Defragment, pb.DefragmentRequest(), False, timeout)
