@@ -96,12 +96,28 @@ class CheckResult:
     def failures(self) -> list[PartitionResult]:
         return [p for p in self.partitions if p.valid is INVALID]
 
+    def reason(self) -> str:
+        """One line for a report's verdict table: what was decided, and the first problem."""
+        n = len(self.partitions)
+        if self.valid is VALID:
+            return f"{self.op_count} ops in {n} partition{'s' * (n != 1)} linearizable ({self.model.name} model)"
+        if self.failures:
+            first = self.failures[0]
+            keys = ", ".join(str(_jsonable_key(p.key)) for p in self.failures[:5])
+            more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+            why = first.blocked[0][1] if first.blocked else "no linearization"
+            return f"not linearizable: {keys}{more} ({_jsonable_key(first.key)}: {why})"
+        undecided = [p for p in self.partitions if p.valid == UNKNOWN]
+        why = undecided[0].reason if undecided and undecided[0].reason else "budget"
+        return f"{len(undecided)} of {n} partitions undecided ({why}); no violation found in the rest"
+
     def to_dict(self) -> dict:
         counts = {"valid": 0, "invalid": 0, "unknown": 0}
         for p in self.partitions:
             counts["valid" if p.valid is VALID else "invalid" if p.valid is INVALID else "unknown"] += 1
         return {
             "valid": self.valid,
+            "reason": self.reason(),
             "checker": "linearizable",
             "model": self.model.name,
             "op_count": self.op_count,

@@ -41,6 +41,25 @@ def ops_of_interest(result: Any) -> set[int]:
     return found
 
 
+def linearizable_failures(result: dict, by_index: dict) -> list[dict]:
+    """Per failing partition: where the search got stuck and the smallest set of ops to look at."""
+    out = []
+    for part in result.get("partitions", []):
+        if part.get("valid") is True:
+            continue
+        minimal = part.get("minimal") or {}
+        picked = sorted(set(minimal.get("ops") or []) | {b["index"] for b in part.get("blocked", [])})
+        out.append({
+            "key": part.get("key"), "valid": verdict_word(part.get("valid")), "reason": part.get("reason", ""),
+            "linearized": part.get("linearized"), "required": part.get("required"),
+            "final_state": part.get("final_state"), "blocked": part.get("blocked", []),
+            "minimal_initial": minimal.get("initial_state"), "minimal_complete": minimal.get("complete"),
+            "critical": set(minimal.get("critical") or []),
+            "ops": [by_index[i] for i in picked if i in by_index],
+        })
+    return out
+
+
 def page(run: RunData) -> str:
     test, results = run.test, run.results
     ops = completed_ops(run.history)
@@ -57,10 +76,13 @@ def page(run: RunData) -> str:
     for name, r in sorted((results.get("checkers") or {}).items()):
         if r.get("valid") is True:
             continue
-        picked = {by_index[i].index: by_index[i] for i in ops_of_interest(r) if i in by_index}
-        shown = [picked[i] for i in sorted(picked)][:200]
-        failures.append({"name": name, "word": verdict_word(r.get("valid")), "ops": shown,
-                         "json": json.dumps(r, indent=2, default=str)[:200_000]})
+        if r.get("checker") == "linearizable":
+            parts, shown = linearizable_failures(r, by_index), []
+        else:
+            picked = {by_index[i].index: by_index[i] for i in ops_of_interest(r) if i in by_index}
+            parts, shown = [], [picked[i] for i in sorted(picked)][:200]
+        failures.append({"name": name, "word": verdict_word(r.get("valid")), "ops": shown, "partitions": parts,
+                         "reason": r.get("reason", ""), "json": json.dumps(r, indent=2, default=str)[:200_000]})
     png = latency_png(ops, faults, test.get("name", "")) if ops or faults else b""
     files = sorted(str(p.relative_to(run.run_dir)) for p in run.run_dir.rglob("*")
                    if p.is_file() and p.name != "index.html")
