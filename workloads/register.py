@@ -34,7 +34,7 @@ class RegisterWorkload:
         assert op.key is not None
         if op.f == "read":
             r = await client.get(op.key)
-            return "ok", r.value, {"revision": r.revision}
+            return "ok", r.value, {"revision": r.revision, "mod_revision": r.mod_revision}
         if op.f == "write":
             rev = await client.put(op.key, op.value)
             return "ok", op.value, {"revision": rev}
