@@ -22,8 +22,11 @@ Independently of the truth: every acknowledged write appears in every stream tha
 revision, and streams that saw the same event agree on it.
 
 A stream cancelled because its start revision was compacted is reported as compacted, not as
-loss; revisions below the truth's start (compacted before the final watch) are checked only
-against acknowledged writes and other streams. Without any final watch the verdict is unknown:
+loss, and so are events at or below a compaction that completed before the stream read them
+(etcd keeps the latest version of each key at the compaction revision but drops deletes there:
+a watch from revision C after compacting to C never sees a delete at C); revisions below the
+truth's start (compacted before the final watch) are checked only against acknowledged writes
+and other streams. Without any final watch the verdict is unknown:
 gaps cannot be told from quiet. Results list the ops involved for every finding.
 """
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Stream:
     events: list[tuple[int, Event]] = field(default_factory=list)  # (response number, event)
     progress: list[tuple[int, int]] = field(default_factory=list)  # (events before it, revision)
     compacted: int = 0  # compact_revision of a cancel
+    floor: int = 0  # the history may have been compacted up to here before this stream read it
     final: bool = False
     error: str | None = None
 
@@ -129,6 +133,7 @@ def parse_stream(op: Op) -> Stream:
 class Findings:
     def __init__(self) -> None:
         self.found: dict[str, list[dict]] = defaultdict(list)
+        self.compacted_away: set = set()  # (stream op, revision, key) a stream could not see: compacted first
 
     def add(self, kind: str, ops: list[int], detail: str) -> None:
         self.found[kind].append({"ops": sorted(set(ops)), "detail": detail})
@@ -216,9 +221,9 @@ def build_truth(f: Findings, finals: list[Stream]) -> Truth | None:
         if events and e.rev < events[-1].rev:
             continue
         before = state[e.key]
-        if before is UNKNOWN and e.prev is not UNKNOWN:
-            before = e.prev  # past the compaction: only the server's word
-        elif e.prev is not UNKNOWN and e.prev != before:
+        if before is UNKNOWN and isinstance(e.prev, list):
+            before = e.prev  # past the compaction: only the server's word (None there may mean compacted)
+        elif e.prev is not UNKNOWN and before is not UNKNOWN and e.prev != before:
             f.add("wrong prev_kv", [ix], f"final watch: {e} has prev_kv {e.prev}, but the events before it give {before}")
         if before is not UNKNOWN:
             if e.type == "PUT" and before is None and (e.create != e.rev or e.version != 1):
@@ -280,7 +285,7 @@ def check_truth(f: Findings, truth: Truth, finals: list[Stream], writes: Writes,
                   f"{r.key} read {got[0]!r}@{got[1]} at revision {at}; the history has {want[0]!r}@{want[1]}")
 
 
-def check_stream(f: Findings, s: Stream, truth: Truth | None) -> None:
+def check_stream(f: Findings, s: Stream, truth: Truth | None, compacted_to: int = 0) -> None:
     ix = s.op.index
     name = s.describe()
     top, seen, resp_of = 0, set(), {}
@@ -332,12 +337,19 @@ def check_stream(f: Findings, s: Stream, truth: Truth | None) -> None:
                       f"create {have.create}), the history has {want} (version {want.version}, create {want.create})")
             if s.prev_kv and have.prev is not UNKNOWN:
                 before = truth.prev.get((rev, key), UNKNOWN)
-                if before is not UNKNOWN and have.prev != before:
+                # etcd leaves prev_kv out when the previous version was compacted away
+                compacted_away = have.prev is None and before is not None and before is not UNKNOWN \
+                    and before[1] < compacted_to
+                if before is not UNKNOWN and have.prev != before and not compacted_away:
                     f.add("wrong prev_kv", [ix], f"{name}: {have} has prev_kv {have.prev}, the key was {before}")
     for rev in sorted(got):
         for key, have in got[rev].items():
             if key not in expected.get(rev, {}):
                 f.add("event not in the store's history", [ix, truth.stream.op.index], f"{name}: {have}")
+    # a compaction at revision C removes deletes at C too: a stream reading from C after it
+    # cannot see them (compacted history, not loss)
+    f.compacted_away.update((ix, m.rev, m.key) for m in missing if m.rev <= s.floor)
+    missing = [m for m in missing if m.rev > s.floor]
     if not missing:
         return
     if first_got is None or missing[0].rev < first_got:
@@ -362,8 +374,11 @@ def check_acked_coverage(f: Findings, streams: list[Stream], writes: Writes) -> 
         seen = {(e.rev, e.key) for _, e in s.events}
         end = s.end
         for (rev, key), (typ, value, op) in writes.acked.items():
-            if s.start <= rev <= end and (rev, key) not in seen and \
-                    s.matches(Event(rev, typ, key, value, 0, 0)):
+            if not (s.start <= rev <= end and (rev, key) not in seen and s.matches(Event(rev, typ, key, value, 0, 0))):
+                continue
+            if rev <= s.floor:
+                f.compacted_away.add((s.op.index, rev, key))
+            else:
                 f.add("acknowledged write missing from a watcher that covered it", [op, s.op.index],
                       f"{s.describe()} covered revisions {s.start}..{end} but not {typ} {key}@{rev}")
 
@@ -408,12 +423,18 @@ def check(history: list[Op]) -> dict:
         elif inv.f == "read" and comp.extra.get("final"):
             reads.append(comp)
     writes = collect_writes(history)
+    compactions = [(op.index, op.value) for op in history if op.f == "compact" and op.type == OK
+                   and isinstance(op.value, int)]
+    for s in streams:
+        s.floor = max((c for i, c in compactions if i < s.op.index), default=0)
     finals = [s for s in streams if s.final]
     truth = build_truth(f, finals)
     if truth is not None:
         check_truth(f, truth, finals, writes, reads)
+    # how far the history was ever compacted: the final watch starts there (or a cancel says)
+    compacted_to = max([truth.start if truth else 0, *(s.compacted for s in streams)])
     for s in streams:
-        check_stream(f, s, truth)
+        check_stream(f, s, truth, compacted_to)
     check_acked_coverage(f, streams, writes)
     check_agreement(f, streams)
     compacted = [s for s in streams if s.compacted]
@@ -422,7 +443,8 @@ def check(history: list[Op]) -> dict:
         "streams": sum(1 for s in streams if not s.final), "events_seen": events,
         "acknowledged_writes": len(writes.acked), "failures": f.summary(),
         "compacted": {"streams_cancelled": len(compacted),
-                      "history_starts_at": truth.start if truth else None},
+                      "history_starts_at": truth.start if truth else None,
+                      "events_compacted_before_read": len(f.compacted_away)},
         "resume_gaps": resume_gaps(streams),
     }
     if truth is not None:

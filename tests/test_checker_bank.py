@@ -191,3 +191,11 @@ def test_any_tampered_balance_is_caught(seed: int, steps: int, delta: int, data)
     r = bank.check(h.ops, "txn", N, TOTAL)
     assert r["valid"] is False
     assert any(victim.index in case["ops"] for kind in r["failures"].values() for case in kind["cases"])
+
+
+def test_a_stale_range_read_fails_even_at_read_committed() -> None:
+    h, t1, t2 = lost_update("rc")
+    # a Range (a snapshot at any level) that shows account 0 before its write at 4
+    bad = h.call(4, "read", key="rc", result=[20, 25, 25, 20, 20], revision=4, mod_revisions=[2, 3, 4, 2, 2], via="range")
+    r = bank.check(h.ops, "rc", N, TOTAL)
+    assert r["valid"] is False and bad.index in r["failures"]["stale read"]["cases"][0]["ops"]

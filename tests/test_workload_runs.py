@@ -73,7 +73,7 @@ def test_bank_txn_without_faults(run_etcdproof, db_kind) -> None:
 
 def test_bank_stm_levels_under_kills_and_partitions(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = faults(etcdproof_inventory)
-    o = run(run_etcdproof, "bank-stm", db_kind, nemesis, 12, rate=0)
+    o = run(run_etcdproof, "bank-stm", db_kind, nemesis, 12, rate=150)
     c = o.results["checkers"]
     for level in ("ss", "ser", "rr"):
         assert c[f"bank-{level}"]["valid"] is True, c[f"bank-{level}"]
@@ -127,7 +127,7 @@ def test_lock_under_pauses_long(run_etcdproof, db_kind) -> None:
 def test_bank_every_method_long(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = faults(etcdproof_inventory)
     for workload in ("bank", "bank-stm"):
-        o = run(run_etcdproof, workload, db_kind, nemesis, 40, nemesis_interval=5, rate=0)
+        o = run(run_etcdproof, workload, db_kind, nemesis, 40, nemesis_interval=5, rate=300)
         c = o.results["checkers"]
         assert o.valid is True, c
         assert not any(r.get("failures") for r in c.values()), c

@@ -12,9 +12,10 @@ hold several methods side by side and each is judged by what it promises:
         etcd's STM does (until the op's deadline).
 
 A transfer of more than the source holds is refused before writing (`fail`). Reads take every
-account of a group in one snapshot: for txn one Range over the group's prefix; for the STM
-methods a read-only STM transaction that gets the accounts one by one (as an STM user would),
-which is where the weaker levels show what they are. Every read and transfer records the
+account of a group: for txn one Range over the group's prefix (a snapshot); for the STM methods
+half are a read-only STM transaction that gets the accounts one by one (as an STM user would:
+where the weaker levels show what a reader may see) and half one Range (a snapshot: what the
+level's transfers did to the money). Every read and transfer records the
 mod_revisions it saw, so the checker can order everything by etcd's revisions. The recovery
 phase reads every group from every member and compares the members' HashKV.
 """
@@ -43,6 +44,7 @@ LEVELS = {
 }
 METHODS = ("txn", *LEVELS)
 FINAL = "final"
+RANGE = "range"  # a read of an STM group by one Range: a true snapshot
 
 
 def account_key(method: str, i: int) -> str:
@@ -67,7 +69,10 @@ class BankOps:
     def next(self) -> OpTemplate:
         method = self.rng.choice(self.methods)
         if self.rng.random() < self.read_fraction:
-            return OpTemplate("read", method, None)
+            # STM groups are read half by an STM transaction (what the level lets a reader see),
+            # half by one Range (what the level's transfers did to the money)
+            how = RANGE if method != "txn" and self.rng.random() < 0.5 else None
+            return OpTemplate("read", method, how)
         a, b = self.rng.sample(range(self.accounts), 2)
         return OpTemplate("transfer", method, {"from": a, "to": b, "amount": self.rng.randint(1, self.max_amount)})
 
@@ -112,7 +117,7 @@ class BankWorkload:
         if method not in self.methods:
             raise ValueError(f"bank: unknown method {method!r}")
         if op.f == "read":
-            if method == "txn" or op.value == FINAL:
+            if method == "txn" or op.value in (FINAL, RANGE):
                 typ, value, extra = await self.read_range(client, method)
                 if op.value == FINAL:
                     extra["final"] = True
@@ -133,7 +138,7 @@ class BankWorkload:
             i = int(kv.key.decode().rsplit("/", 1)[1])
             if 0 <= i < self.accounts:
                 balances[i], mods[i] = decode(kv.value), kv.mod_revision
-        return "ok", balances, {"revision": r.header.revision, "mod_revisions": mods}
+        return "ok", balances, {"revision": r.header.revision, "mod_revisions": mods, "via": "range"}
 
     async def read_stm(self, client: EtcdClient, method: str) -> tuple[str, Any, dict]:
         iso = LEVELS[method]
@@ -143,7 +148,8 @@ class BankWorkload:
 
         out = await stm.run(client, apply, iso, deadline=self._deadline(client))
         mods = [out.reads[account_key(method, i)].mod_revision for i in range(self.accounts)]
-        extra: dict[str, Any] = {"attempts": out.attempts, "mod_revisions": mods, "commit_revision": out.revision}
+        extra: dict[str, Any] = {"attempts": out.attempts, "mod_revisions": mods, "commit_revision": out.revision,
+                                 "via": "stm"}
         # the revision at which the view is claimed to be a state of the store
         extra["revision"] = out.revision if iso.checks_reads else None
         if out.snapshot is not None:
