@@ -1,23 +1,34 @@
-"""Fault classes by name, as `--nemesis` spells them."""
+"""Fault classes by name, as `--nemesis` spells them (`all` is every class, in this order)."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from nemesis.base import Nemesis
-from nemesis.process import KillNemesis, PauseNemesis
 
-
-def _partition() -> Nemesis:
-    from nemesis.partition import PartitionNemesis
-
-    return PartitionNemesis()
-
-
-FACTORIES: dict[str, Callable[[], Nemesis]] = {
-    "partition": _partition,
-    "kill": KillNemesis,
-    "pause": PauseNemesis,
+# name -> "module:Class"; imported when built, so a class's own dependencies load only when asked for
+CLASSES: dict[str, str] = {
+    "partition": "nemesis.partition:PartitionNemesis",
+    "kill": "nemesis.process:KillNemesis",
+    "pause": "nemesis.process:PauseNemesis",
+    "clock": "nemesis.clock:ClockNemesis",
+    "disk": "nemesis.disk:DiskNemesis",
+    "net": "nemesis.net:NetNemesis",
+    "lost-writes": "nemesis.lostwrites:LostWritesNemesis",
+    "member": "nemesis.member:MemberNemesis",
+    "admin": "nemesis.admin:AdminNemesis",
 }
+
+
+def _factory(path: str) -> Callable[[], Nemesis]:
+    def make() -> Nemesis:
+        module, cls = path.split(":")
+        return getattr(importlib.import_module(module), cls)()
+
+    return make
+
+
+FACTORIES: dict[str, Callable[[], Nemesis]] = {name: _factory(path) for name, path in CLASSES.items()}
 
 
 class NemesisSpecError(ValueError):
