@@ -38,8 +38,11 @@ def add_inventory_args(p: argparse.ArgumentParser) -> None:
 def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workload", default="register", help="workload(s), comma-separated: register")
     p.add_argument("--db", default="reference", choices=["reference", "etcd"], help="the target")
-    p.add_argument("--nemesis", default="none", help="faults, comma-separated: partition, kill, pause, all, none")
+    p.add_argument("--nemesis", default="none", help="faults, comma-separated: partition, kill, pause, clock, disk, "
+                   "net, lost-writes, member, admin; all; none")
     p.add_argument("--nemesis-interval", type=float, default=10.0, help="seconds between fault start and stop")
+    p.add_argument("--nemesis-concurrent", type=int, default=1,
+                   help="fault classes active at once (staggered lanes; default 1)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds of the main phase")
     p.add_argument("--concurrency", type=int, default=0, help="workers (default: 2 per node)")
     p.add_argument("--rate", type=float, default=100.0, help="ops/s over all workers (0: unlimited)")
@@ -59,6 +62,8 @@ def positive(args: argparse.Namespace) -> str | None:
     for name in ("time_limit", "nemesis_interval", "op_timeout"):
         if getattr(args, name) <= 0:
             return f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}"
+    if args.nemesis_concurrent < 1:
+        return f"--nemesis-concurrent must be at least 1, not {args.nemesis_concurrent}"
     for name in ("concurrency", "rate"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, not {getattr(args, name)}"
@@ -90,7 +95,8 @@ def run_one(args: argparse.Namespace, workload_name: str) -> Outcome:
 
     spec = TestSpec(workload=workload_name, db=args.db, nemesis=nemeses.parse(args.nemesis), nodes=args.nodes,
                     time_limit=args.time_limit, concurrency=args.concurrency, rate=args.rate, seed=args.seed,
-                    nemesis_interval=args.nemesis_interval, op_timeout=args.op_timeout, name=args.name)
+                    nemesis_interval=args.nemesis_interval, nemesis_concurrent=args.nemesis_concurrent,
+                    op_timeout=args.op_timeout, name=args.name)
     workload = workloads.build(workload_name)
     inv = resolve(args)
     base_dir = args.base_dir
