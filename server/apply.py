@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from server import errors
+from server import entrybatch, errors
 from server.backend import META_CONSISTENT_INDEX, META_TERM, Backend
 from server.kvops import check_put_lease, do_delete, do_put, do_range, do_txn_read, do_txn_write, mvcc_error
 from server.lease import LeaseExists, LeaseNotFound, LeaseTTLTooLarge, Lessor
@@ -157,24 +157,26 @@ class Applier:
         return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms)]
 
     # --------------------------------------------------------------- apply
-    def apply(self, index: int, term: int, data: bytes) -> tuple[int, object]:
-        """Apply one entry: (request ID, response message or EtcdError). Caller holds the lock."""
+    def apply(self, index: int, term: int, data: bytes) -> list[tuple[int, object]]:
+        """Apply one entry, a request or a batch of them (server/entrybatch.py) in order:
+        [(request ID, response message or EtcdError)]. The consistent index moves once, after
+        the entry's last request, so a restart replays all of an entry or none of it."""
         if index <= self.applied_index:
-            return 0, None  # already in the backend (replay after restart)
-        rid = 0
-        result: object = None
+            return []  # already in the backend (replay after restart)
+        out: list[tuple[int, object]] = []
         if data:
-            r = InternalRaftRequest.FromString(data)
-            rid = r.header.ID
-            try:
-                result = self._dispatch(r)
-            except errors.EtcdError as e:
-                result = e
+            for raw in entrybatch.unpack(data) if data[0] == 0 else (data,):
+                r = InternalRaftRequest.FromString(raw)
+                try:
+                    result = self._dispatch(r)
+                except errors.EtcdError as e:
+                    result = e
+                out.append((r.header.ID, result))
         self.applied_index = index
         self.applied_term = term
         self.backend.put_meta(META_CONSISTENT_INDEX, index.to_bytes(8, "big"))
         self.backend.put_meta(META_TERM, term.to_bytes(8, "big"))
-        return rid, result
+        return out
 
     def _dispatch(self, r: InternalRaftRequest) -> object:
         if r.HasField("put"):

@@ -336,7 +336,8 @@ class EtcdServer:
 
     def _apply_entries(self, entries: list) -> None:
         """On the loop: apply committed normal entries, answer their proposers."""
-        results = [self.applier.apply(e.Index, e.Term, e.Data) for e in entries]
+        apply = self.applier.apply
+        results = [res for e in entries for res in apply(e.Index, e.Term, e.Data)]
         self._wake_appliers()
         jobs, self.applier.compaction_jobs = self.applier.compaction_jobs, []
         self.metrics.proposals_committed.set(self.node.committed_index if self.node else 0)

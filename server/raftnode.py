@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from server import errors
+from server import entrybatch, errors
 from server.proto.raftpb import raft_pb2
 from server.raft import Config, ConfState, Message, MsgType, ProposalDropped, Raft, Ready, Role, Snapshot, SnapshotMeta
 from server.raft.types import EntryConfChange
@@ -40,6 +40,11 @@ PROPOSE_BATCH_WINDOW = 0.002  # under write load, proposals wait this long for m
 PROPOSE_BATCH_MAX = 512  # under read load, a ReadIndex waits this long for more reads to join
 READ_RETRY = 0.5  # seconds before an unanswered ReadIndex is asked again (etcd's figure)
 READY_PACE = 0.002  # under load, the next Ready waits until this long after the previous one
+
+
+def _several(entries: list) -> bool:
+    """Whether entries hold more than one request (several entries, or a batch)."""
+    return len(entries) > 1 or (len(entries) == 1 and entrybatch.is_batch(entries[0].Data))
 
 
 def conf_to_pb(c: ConfState) -> raft_pb2.ConfState:
@@ -81,7 +86,7 @@ class RaftNode:
         self.lead = 0
         self.role = Role.FOLLOWER
         self.leader_changes = 0
-        self._ready_busy = False  # the last Ready carried several entries: the node is under load
+        self._ready_busy = False  # the last Ready carried several requests: the node is under load
         self._ready_at = 0.0  # when the last Ready was taken
 
     # ------------------------------------------------------------ state
@@ -191,7 +196,8 @@ class RaftNode:
             batch, self._props = self._props, []
             self._props_busy = len(batch) > 1
             try:
-                self.raft.propose([d for _, d in batch])
+                # requests proposed together share entries (server/entrybatch.py)
+                self.raft.propose(entrybatch.pack([d for _, d in batch]))
             except ProposalDropped as e:
                 err = errors.LEADER_CHANGED if "transfer" in str(e) else errors.NO_LEADER
                 for rid, _ in batch:
@@ -265,7 +271,7 @@ class RaftNode:
                     await self._pace()
                 self._ready_at = time.monotonic()
                 rd = self.raft.ready()
-                self._ready_busy = len(rd.entries) > 1 or len(rd.committed_entries) > 1
+                self._ready_busy = _several(rd.entries) or _several(rd.committed_entries)
                 await self._handle_ready(rd)
                 self.raft.advance(rd)
                 if self.conf.voters == (self.id,) and self.raft.role == Role.FOLLOWER and self.raft.lead == 0:

@@ -171,13 +171,14 @@ def hashkv(members: Sequence[LocalMember]) -> set[tuple[int, int]]:
     return {(r["HashKV"]["hash"], r["HashKV"]["header"]["revision"]) for r in rows}  # type: ignore[index,union-attr]
 
 
-def bulk_put(m: LocalMember, n: int, prefix: str, concurrency: int = 32) -> None:
-    """n puts through m, `concurrency` in flight at a time (etcdctl would spend minutes on it)."""
+def bulk_put(m: LocalMember, n: int, prefix: str, concurrency: int = 32, start: int = 0) -> None:
+    """n puts through m (keys numbered from start), `concurrency` in flight at a time (etcdctl
+    would spend minutes on it)."""
 
     async def run() -> None:
         async with grpc.aio.insecure_channel(m.endpoint) as ch:
             stub = rpcgrpc.KVStub(ch)
-            todo = iter(range(n))
+            todo = iter(range(start, start + n))
 
             async def worker() -> None:
                 for i in todo:
@@ -316,18 +317,23 @@ def test_follower_catch_up_from_log_and_from_snapshot(kind: str, cluster_factory
     assert not _installed_snapshot(f), "20 entries behind should be caught up from the log"
     assert len(hashkv(c.members)) == 1
 
-    # now far behind: etcd (and ours, SNAPSHOT_CATCHUP_ENTRIES) keep 5000 entries after a snapshot
+    # now far behind: etcd (and ours, SNAPSHOT_CATCHUP_ENTRIES) keep 5000 entries after a
+    # snapshot. Entries, not puts: ours puts concurrent requests into shared entries, so write
+    # until the log has grown by enough entries
     f.stop()
-    bulk_put(lead, 5400, "bulk/")
+    base, n = c.status(lead).raftIndex, 0
+    while c.status(lead).raftIndex - base < 5400:
+        bulk_put(lead, 1800, "bulk/", start=n)
+        n += 1800
     st = c.status(lead)
     f.start()
     want = wait_same_data(c.members, lead, timeout=60)
-    assert len(want[1]) == 5420
+    assert len(want[1]) == 20 + n
     st_f = wait_until(lambda: c.status(f), 10, "the follower's status")
     assert st_f.raftAppliedIndex >= st.raftAppliedIndex
     assert wait_until(lambda: _installed_snapshot(f), 10, f"{f.name}'s log to show a snapshot install")
     assert len(hashkv(c.members)) == 1
-    assert get(f, "bulk/005399") == "v5399"
+    assert get(f, f"bulk/{n - 1:06d}") == f"v{n - 1}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server import errors
+from server import entrybatch, errors
 from server.backend import Backend
 from server.config import Config, URL, compaction_period, parse_config, parse_duration
 from server.ids import IDGenerator, cluster_id, member_id
@@ -620,6 +620,71 @@ def test_delete_bounds_and_readonly_txns() -> None:
     assert txn_is_readonly(txn([get_op(b"a")], [txn_op([get_op(b"b")])]))
     assert not txn_is_readonly(txn([get_op(b"a")], [txn_op([], [del_op(b"b")])]))
     assert not txn_is_readonly(txn([put_op(b"a")]))
+
+
+# ========================================================================= batched entries
+
+
+@settings(max_examples=200, deadline=None)
+@given(datas=st.lists(st.binary(min_size=1, max_size=60).map(lambda b: b"\x0a" + b), max_size=30),
+       limit=st.integers(8, 200))
+def test_batches_keep_every_request_in_order_within_the_limit(datas: list[bytes], limit: int) -> None:
+    entries = entrybatch.pack(datas, limit)
+    assert [r for e in entries for r in entrybatch.unpack(e)] == datas
+    size = lambda e: sum(len(r) + 4 for r in entrybatch.unpack(e))  # noqa: E731
+    for e, nxt in zip(entries, entries[1:] + [None]):
+        if entrybatch.is_batch(e):
+            assert size(e) <= limit and len(entrybatch.unpack(e)) >= 2
+        # greedy: a new entry starts only where the next request would not have fitted
+        if nxt is not None and size(e) <= limit:
+            assert size(e) + len(entrybatch.unpack(nxt)[0]) + 4 > limit
+    if len(datas) == 1:
+        assert entries == datas  # a lone request is proposed as etcd proposes it
+
+
+def test_batch_entries_are_told_apart_and_malformed_ones_refused() -> None:
+    a, b = b"\x0a\x02hi", b"\x12\x00"
+    assert entrybatch.pack([a, b]) == [b"\x00\x00\x00\x00\x04" + a + b"\x00\x00\x00\x02" + b]
+    assert entrybatch.unpack(a) == [a] and not entrybatch.is_batch(a) and not entrybatch.is_batch(b"")
+    big = b"\x0a" + b"x" * 100
+    assert entrybatch.pack([a, big, b], limit=50) == [a, big, b]  # nothing shares with a big one
+    for bad in (b"\x00\x00\x00", b"\x00\x00\x00\x00\x09abc"):
+        with pytest.raises(ValueError):
+            entrybatch.unpack(bad)
+
+
+def test_a_batched_entry_is_applied_in_order_answered_per_request_and_once(tmp_path) -> None:
+    """Each request of a batch gets its own answer (an error for one leaves the others alone);
+    the consistent index moves once, after the last; a replay of the entry applies nothing."""
+    import time as _time
+
+    from server.apply import Applier
+    from server.backend import META_CONSISTENT_INDEX
+    from server.proto.etcdserverpb import raft_internal_pb2
+
+    be = Backend(str(tmp_path / "db"), map_size=64 << 20)
+    lessor = Lessor(2)
+    store = KVStore(be, lessor)
+    applier = Applier(store, lessor, be, make_hub(store), _time.monotonic)
+
+    def req(rid: int, **kw) -> bytes:
+        r = raft_internal_pb2.InternalRaftRequest(**kw)
+        r.header.ID = rid
+        return r.SerializeToString()
+
+    reqs = [req(1, put=pb.PutRequest(key=b"k", value=b"1")),
+            req(2, put=pb.PutRequest(key=b"k", value=b"2", lease=99)),  # no such lease
+            req(3, put=pb.PutRequest(key=b"k", value=b"3", prev_kv=True))]
+    (entry,) = entrybatch.pack(reqs)
+    out = applier.apply(7, 2, entry)
+    assert [rid for rid, _ in out] == [1, 2, 3]
+    assert out[0][1].header.revision == 2 and out[2][1].header.revision == 3
+    assert out[1][1] == errors.LEASE_NOT_FOUND
+    assert out[2][1].prev_kv.value == b"1"
+    assert applier.applied_index == 7 and be.get_meta(META_CONSISTENT_INDEX) == (7).to_bytes(8, "big")
+    assert applier.apply(7, 2, entry) == []  # a replay after a restart
+    assert store.current_rev == 3 and store.range(b"k", None).kvs[0].version == 2
+    be.close()
 
 
 # ==================================================================================== ids
