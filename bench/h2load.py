@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -56,12 +57,16 @@ def handled(metrics_url: str, method: str) -> dict[str, float]:
     return out
 
 
+WARM_UP = 1  # seconds of load before the measured period (h2load counts only the latter)
+
+
 @dataclass
 class H2Result:
     requests: int
-    seconds: float
+    seconds: float  # the measured period (warm-up excluded, as from `requests`)
     latencies_us: list[int]
-    cpu_s: float
+    cpu_s: float  # the generator's CPU over the whole run, scaled to the measured period
+    wall_s: float = 0.0  # the whole run, warm-up included
 
 
 def run(endpoints: list[str], path: str, frame: bytes, clients: int, duration: float) -> H2Result:
@@ -75,12 +80,13 @@ def run(endpoints: list[str], path: str, frame: bytes, clients: int, duration: f
             f.write(frame)
         procs = []
         r0 = os.times()
+        t0 = time.monotonic()
         for i, (ep, n) in enumerate(zip(endpoints, share)):
             conns = n if n <= 64 else 64
             streams = max(1, n // conns)
             logf = os.path.join(tmp, f"log{i}")
             cmd = [
-                H2LOAD, "-D", str(int(duration)), "--warm-up-time=1", "-c", str(conns), "-m", str(streams),
+                H2LOAD, "-D", str(int(duration)), f"--warm-up-time={WARM_UP}", "-c", str(conns), "-m", str(streams),
                 "-d", body, "--log-file", logf,
                 "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{ep}{path}",
             ]
@@ -90,8 +96,10 @@ def run(endpoints: list[str], path: str, frame: bytes, clients: int, duration: f
             out, err = proc.communicate(timeout=duration + 60)
             if proc.returncode != 0:
                 raise RuntimeError(f"h2load failed: {err.strip() or out[-500:]}")
+            # "finished in" includes the warm-up, the request counts do not
             m = re.search(r"finished in ([0-9.]+)(m?s)", out)
-            secs = max(secs, float(m.group(1)) / (1000 if m.group(2) == "ms" else 1) if m else duration)
+            total_s = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1) if m else duration + WARM_UP
+            secs = max(secs, total_s - WARM_UP)
             with open(logf) as f:
                 for line in f:
                     parts = line.split()
@@ -100,5 +108,6 @@ def run(endpoints: list[str], path: str, frame: bytes, clients: int, duration: f
             done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
             total += int(done.group(2)) if done else 0
         r1 = os.times()
-    return H2Result(requests=total, seconds=secs, latencies_us=sorted(lats),
-                    cpu_s=(r1.children_user - r0.children_user) + (r1.children_system - r0.children_system))
+        wall = time.monotonic() - t0
+    cpu = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+    return H2Result(requests=total, seconds=secs, latencies_us=sorted(lats), cpu_s=cpu * secs / wall, wall_s=wall)

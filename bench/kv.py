@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import grpc
 
@@ -37,11 +37,18 @@ class Result:
     max_ms: float
     generator_cpu_s: float
     server_cpu_s: float
+    member_cpu_s: list[float] = field(default_factory=list)  # per member, the leader first
+
+    def cpu_per_op(self) -> str:
+        """Server CPU per operation in microseconds, member by member (leader first)."""
+        per = self.member_cpu_s or [self.server_cpu_s]
+        return " / ".join(f"{c / self.ops * 1e6:.0f}" for c in per) if self.ops else "-"
 
     def row(self) -> str:
         return (
             f"| {self.db} | {self.op} | {self.clients} | {self.rate:,.0f} | {self.p50_ms:.2f} | {self.p99_ms:.2f} "
-            f"| {self.errors} | {self.generator_cpu_s / self.seconds:.2f} | {self.server_cpu_s / self.seconds:.2f} |"
+            f"| {self.errors} | {self.generator_cpu_s / self.seconds:.2f} | {self.server_cpu_s / self.seconds:.2f} "
+            f"| {self.cpu_per_op()} |"
         )
 
 
@@ -125,8 +132,9 @@ def results_json(results: list[Result]) -> str:
 
 
 TABLE_HEAD = (
-    "| db | op | clients | ops/s | p50 ms | p99 ms | errors | generator CPU (cores) | server CPU (cores) |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| db | op | clients | ops/s | p50 ms | p99 ms | errors | generator CPU (cores) | server CPU (cores) "
+    "| server CPU µs/op (leader first) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -137,10 +145,12 @@ def run_h2load_load(
     clients: int,
     duration: float,
     value_size: int = 256,
+    members: list[int] | None = None,
 ) -> Result:
     """The same measurement with h2load as the generator; outcomes checked on the servers' metrics.
 
-    targets: (gRPC endpoint, metrics URL, server pid) per member receiving load.
+    targets: (gRPC endpoint, metrics URL, server pid) per member receiving load; members: the
+    pids of every member (CPU is counted over all of them, the leader first), default targets'.
     """
     from bench import h2load
 
@@ -148,9 +158,13 @@ def run_h2load_load(
     method = path.rsplit("/", 1)[1]
     used = targets[: max(1, min(len(targets), clients))]
     before = [h2load.handled(url, method) for _, url, _ in used]
-    cpu0 = sum(proc_cpu_seconds(pid) for _, _, pid in targets)
+    pids = members or [pid for _, _, pid in targets]
+    cpu0 = [proc_cpu_seconds(pid) for pid in pids]
     r = h2load.run([ep for ep, _, _ in used], path, frame, clients, duration)
-    cpu1 = sum(proc_cpu_seconds(pid) for _, _, pid in targets)
+    cpu1 = [proc_cpu_seconds(pid) for pid in pids]
+    # the servers worked through the warm-up too: scale their CPU to the measured period
+    scale = r.seconds / r.wall_s if r.wall_s else 1.0
+    member_cpu = [(b - a) * scale for a, b in zip(cpu0, cpu1)]
     time.sleep(0.5)  # a server counts a call after answering it
     after = [h2load.handled(url, method) for _, url, _ in used]
     ok = errors = reset = 0.0
@@ -165,4 +179,6 @@ def run_h2load_load(
     # h2load counts every HTTP 200; gRPC failures are also HTTP 200, so trust the servers' OK count
     good = min(r.requests, int(ok))
     errs = int(errors) + max(0, r.requests - good - int(errors))
-    return _result(db, op, clients, len(used), good, errs, r.seconds, r.latencies_us, r.cpu_s, cpu1 - cpu0)
+    res = _result(db, op, clients, len(used), good, errs, r.seconds, r.latencies_us, r.cpu_s, sum(member_cpu))
+    res.member_cpu_s = member_cpu
+    return res
