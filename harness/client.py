@@ -94,6 +94,16 @@ def decode(b: bytes) -> int | str:
         return s
 
 
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that covers every key starting with prefix (etcd's GetPrefixRangeEnd)."""
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\x00"
+
+
 @dataclass
 class ReadResult:
     value: int | str | None
