@@ -4,6 +4,8 @@ says the lock was lost), and an acquire that cannot finish revokes its lease and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import AsyncIterator
 
 import pytest
 
@@ -19,12 +21,21 @@ def op(f: str, value=None) -> OpTemplate:
     return OpTemplate(f, NAME, value)
 
 
+@contextlib.asynccontextmanager
+async def two_clients(endpoint: str) -> AsyncIterator[tuple[EtcdClient, EtcdClient]]:
+    a, b = EtcdClient(endpoint, timeout=5), EtcdClient(endpoint, timeout=5)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.mark.parametrize("first,second", [("v3lock", "recipe"), ("recipe", "v3lock"), ("recipe", "recipe")])
 def test_the_two_ways_of_locking_exclude_each_other(any_server, first: str, second: str) -> None:
     async def go() -> None:
         w = LockWorkload(ttl=5)
-        a, b = EtcdClient(any_server.endpoint, timeout=5), EtcdClient(any_server.endpoint, timeout=5)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             typ, _, ex = await w.invoke(a, op("acquire", first))
             assert typ == "ok" and ex["lock_key"].startswith(NAME + "/") and ex["lease_deadline_in"] > 0
             waiting = asyncio.ensure_future(w.invoke(b, op("acquire", second)))
@@ -39,9 +50,6 @@ def test_the_two_ways_of_locking_exclude_each_other(any_server, first: str, seco
             assert (await w.invoke(b, op("release")))[2]["lost"] is False
             with pytest.raises(Definite, match="not holding"):
                 await w.invoke(b, op("incr"))
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(go())
 
@@ -49,8 +57,7 @@ def test_the_two_ways_of_locking_exclude_each_other(any_server, first: str, seco
 def test_the_fence_refuses_a_holder_whose_lease_is_gone(any_server) -> None:
     async def go() -> None:
         w = LockWorkload(ttl=5)
-        a, b = EtcdClient(any_server.endpoint, timeout=5), EtcdClient(any_server.endpoint, timeout=5)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             await w.invoke(a, op("acquire", "recipe"))
             lease = w.proc(a).session.lease
             await b.lease_revoke(lease)  # as if it expired while a was paused
@@ -71,9 +78,6 @@ def test_the_fence_refuses_a_holder_whose_lease_is_gone(any_server) -> None:
                 assert "lease not found" in e.message and w.proc(a).session.done
                 typ, _, ex = await w.invoke(a, op("acquire", "v3lock"))
             assert typ == "ok" and ex["lease"] != lease
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(go())
 
@@ -82,8 +86,7 @@ def test_the_fence_refuses_a_holder_whose_lease_is_gone(any_server) -> None:
 def test_an_acquire_that_cannot_finish_revokes_its_lease_and_fails(any_server, mode: str) -> None:
     async def go() -> None:
         w = LockWorkload(ttl=10, wait_share=0.3)
-        a, b = EtcdClient(any_server.endpoint, timeout=5), EtcdClient(any_server.endpoint, timeout=5)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             await w.invoke(a, op("acquire", "v3lock"))
             with pytest.raises(Definite, match="session lease revoked"):
                 await w.invoke(b, op("acquire", mode))
@@ -93,8 +96,5 @@ def test_an_acquire_that_cannot_finish_revokes_its_lease_and_fails(any_server, m
             held = await b.range(pb.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"))
             assert [kv.lease for kv in held.kvs] == [w.proc(a).session.lease]  # b's key is gone with its lease
             assert (await w.invoke(a, op("release")))[2]["lost"] is False
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(go())

@@ -9,7 +9,9 @@ RepeatableReads sees the newer value; SerializableSnapshot alone conflicts on a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import AsyncIterator
 
 import pytest
 
@@ -24,8 +26,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def clients(endpoint: str) -> tuple[EtcdClient, EtcdClient]:
-    return EtcdClient(endpoint, timeout=5), EtcdClient(endpoint, timeout=5)
+@contextlib.asynccontextmanager
+async def two_clients(endpoint: str) -> AsyncIterator[tuple[EtcdClient, EtcdClient]]:
+    a, b = EtcdClient(endpoint, timeout=5), EtcdClient(endpoint, timeout=5)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 def test_levels_parse_with_a_one_line_error() -> None:
@@ -38,8 +46,7 @@ def test_levels_parse_with_a_one_line_error() -> None:
 def test_a_concurrent_write_is_lost_only_at_read_committed(any_server) -> None:
     async def go() -> dict:
         out = {}
-        a, b = await clients(any_server.endpoint)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             for iso in ALL:
                 key = f"acct-{iso.value}"
                 await a.put(key, 20)
@@ -54,9 +61,6 @@ def test_a_concurrent_write_is_lost_only_at_read_committed(any_server) -> None:
 
                 res = await stm.run(a, add5, iso)
                 out[iso] = (res.attempts, res.result, (await a.get(key)).value)
-        finally:
-            await a.close()
-            await b.close()
         return out
 
     out = run(go())
@@ -68,8 +72,7 @@ def test_a_concurrent_write_is_lost_only_at_read_committed(any_server) -> None:
 def test_serializable_reads_one_snapshot_repeatable_reads_do_not(any_server) -> None:
     async def go() -> dict:
         out = {}
-        a, b = await clients(any_server.endpoint)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             for iso in ALL:
                 x, y = f"x-{iso.value}", f"y-{iso.value}"
                 await a.put(x, 1)
@@ -86,9 +89,6 @@ def test_serializable_reads_one_snapshot_repeatable_reads_do_not(any_server) -> 
 
                 res = await stm.run(a, both, iso)
                 out[iso] = (seen, res.attempts)
-        finally:
-            await a.close()
-            await b.close()
         return out
 
     out = run(go())
@@ -103,8 +103,7 @@ def test_serializable_reads_one_snapshot_repeatable_reads_do_not(any_server) -> 
 def test_only_serializable_snapshot_conflicts_on_a_key_it_wrote_but_did_not_read(any_server) -> None:
     async def go() -> dict:
         out = {}
-        a, b = await clients(any_server.endpoint)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             for iso in ALL:
                 src, dst = f"src-{iso.value}", f"dst-{iso.value}"
                 await a.put(src, 7)
@@ -119,9 +118,6 @@ def test_only_serializable_snapshot_conflicts_on_a_key_it_wrote_but_did_not_read
 
                 res = await stm.run(a, copy, iso)
                 out[iso] = res.attempts
-        finally:
-            await a.close()
-            await b.close()
         return out
 
     out = run(go())
@@ -131,8 +127,7 @@ def test_only_serializable_snapshot_conflicts_on_a_key_it_wrote_but_did_not_read
 
 def test_a_retry_at_the_snapshot_levels_starts_from_the_prefetched_values(any_server) -> None:
     async def go() -> None:
-        a, b = await clients(any_server.endpoint)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             await a.put("pf", 1)
             seen: list = []
 
@@ -147,17 +142,13 @@ def test_a_retry_at_the_snapshot_levels_starts_from_the_prefetched_values(any_se
             # the second attempt's snapshot is the failed commit's revision: it read nothing itself
             rev_after_b = (await a.get("pf")).mod_revision
             assert seen[1][1] >= rev_after_b and seen[1][2] == {}
-        finally:
-            await a.close()
-            await b.close()
 
     run(go())
 
 
 def test_abort_writes_nothing_and_the_deadline_is_definite(any_server) -> None:
     async def go() -> None:
-        a, b = await clients(any_server.endpoint)
-        try:
+        async with two_clients(any_server.endpoint) as (a, b):
             async def refuse(t: stm.Attempt) -> None:
                 t.put("never", 1)
                 raise stm.Abort("no")
@@ -174,8 +165,5 @@ def test_abort_writes_nothing_and_the_deadline_is_definite(any_server) -> None:
             with pytest.raises(Definite, match="no commit"):
                 await stm.run(a, always_conflicts, deadline=time.monotonic() + 0.5)
             assert (await a.get("hot")).value == 1
-        finally:
-            await a.close()
-            await b.close()
 
     run(go())

@@ -29,7 +29,7 @@ from checker import converge as converge_checker
 from checker import stats
 from checker.history import Op
 from harness import stm
-from harness.client import Definite, EtcdClient, decode, encode
+from harness.client import Definite, EtcdClient, decode, encode, prefix_end
 from harness.generator import OpTemplate, worker_rng
 from server.proto.etcdserverpb import rpc_pb2 as pb
 from workloads import converge
@@ -49,10 +49,6 @@ RANGE = "range"  # a read of an STM group by one Range: a true snapshot
 
 def account_key(method: str, i: int) -> str:
     return f"bank/{method}/{i}"
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class BankOps:

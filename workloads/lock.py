@@ -36,7 +36,7 @@ from checker import converge as converge_checker
 from checker import lock as lock_checker
 from checker import stats
 from checker.history import Op
-from harness.client import ClientError, Definite, EtcdClient, Indefinite, decode, encode
+from harness.client import ClientError, Definite, EtcdClient, Indefinite, decode, encode, prefix_end
 from harness.generator import OpTemplate, worker_rng
 from harness.session import Session
 from server.proto.etcdserverpb import rpc_pb2 as pb
@@ -51,10 +51,6 @@ FINAL = "final"
 
 def counter_key(name: str) -> str:
     return f"counter/{name}"
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class LockOps:
