@@ -44,7 +44,7 @@ class AdminNemesis:
             try:
                 st = _call(ep, lambda c: c.status())
                 rev = st.header.revision
-                keep = ctx.rng.choice((0, 10, 100)) if margin is None else margin
+                keep = min(ctx.rng.choice((0, 10, 100)), rev // 2) if margin is None else margin
                 target = rev - keep
                 if target <= max(1, self.compacted):
                     raise FaultRefused(f"revision {rev} leaves nothing new to compact (last compacted {self.compacted})")

@@ -298,8 +298,10 @@ class DiskNemesis:
         st.competitor = f"{ctx.db.node_dir(n)}/disk-compete.pid"
         f = f"{st.device.probe_dir.rstrip('/')}/.etcdproof-disk-compete"
         fio = r.run("command -v fio", timeout=10, check=False).out.strip()
+        # fio with --thread: its job is a thread, so the one process started is all there is to kill
         argv = ([fio, "--name=etcdproof-compete", f"--filename={f}", "--rw=randwrite", "--bs=4k", "--size=64m",
-                 "--direct=1", "--ioengine=libaio", "--iodepth=32", "--time_based", "--runtime=3600"] if fio else
+                 "--direct=1", "--ioengine=libaio", "--iodepth=32", "--time_based", "--runtime=3600",
+                 "--thread"] if fio else
                 ["sh", "-c", f"while :; do dd if=/dev/zero of={f} bs=1M count=64 oflag=direct conv=fsync 2>/dev/null; done"])
         cpid = r.start_daemon(argv, logfile=f"{ctx.db.node_dir(n)}/disk-compete.log", pidfile=st.competitor)
         idle = sum(1 for v in after.values() if v.startswith("idle"))
@@ -315,7 +317,7 @@ class DiskNemesis:
         alive = r.daemon_pid(ctx.db.pid_file(n)) == st.pid or self._io_process(ctx, n)[0] == st.pid
         ev["pid_changed"] = not alive
         if st.competitor:
-            r.signal_daemon(st.competitor, 9)
+            kill_group(r, st.competitor)
             r.run(f"rm -f {q(st.device.probe_dir.rstrip('/') + '/.etcdproof-disk-compete')}", timeout=10, check=False)
         if st.ionice and alive:
             restore = "; ".join(f"[ -d /proc/{st.pid}/task/{t} ] && ionice -c {({'none': 0, 'realtime': 1, 'best-effort': 2}).get(c, 0)} -p {t}"
@@ -347,7 +349,7 @@ class DiskNemesis:
 
         def sweep(n: Node) -> dict:
             r = ctx.remotes[n.name]
-            r.signal_daemon(f"{ctx.db.node_dir(n)}/disk-compete.pid", 9)
+            kill_group(r, f"{ctx.db.node_dir(n)}/disk-compete.pid")
             root, _ = blkio_root(r, mount=False)
             ev = remove_cgroup(r, root, cgroup_name(ctx.db.node_dir(n), n.name), "/") if root else {"state": "absent"}
             pid = r.daemon_pid(ctx.db.pid_file(n))
@@ -361,6 +363,14 @@ class DiskNemesis:
             raise DiskError("disk heal failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
         out["swept"] = swept
         return out
+
+
+def kill_group(r: Remote, pidfile: str) -> None:
+    """SIGKILL the competitor and its process group (fio runs its job as a thread, --thread; the dd
+    loop's children share the group that start_daemon's setsid made)."""
+    pid = r.daemon_pid(pidfile)
+    if pid is not None:
+        r.run(f"kill -s KILL -- -{pid} 2>/dev/null; kill -s KILL {pid} 2>/dev/null; true", timeout=10)
 
 
 def remove_cgroup(r: Remote, root: str, name: str, back_to: str) -> dict:

@@ -23,6 +23,9 @@ from harness.inventory import Node
 from nemesis.base import FaultRefused, NemesisContext
 
 T = TypeVar("T")
+# definite refusals worth asking again for a while: a member joined or restarted less than 5 s ago
+# (etcd's strict reconfiguration check), or an election is going on
+RETRIED = ("unhealthy cluster", "etcdserver: no leader")
 
 
 class MemberError(Exception):
@@ -63,15 +66,15 @@ class MemberNemesis:
              wait: float = 0.0) -> tuple[Node, T]:
         """fn through the first running member (not avoid) that answers; MemberError if none does.
 
-        With wait, "unhealthy cluster" refusals are asked again until then: etcd refuses a
-        reconfiguration while any member has been connected for less than 5 s (its strict
-        reconfiguration check), which is the case right after a start or a restart."""
+        With wait, the RETRIED refusals are asked again until then: etcd refuses a reconfiguration
+        while any member has been connected for less than 5 s (its strict reconfiguration check),
+        which is the case right after a start or a restart, and nothing is decided without a leader."""
         deadline = time.monotonic() + wait
         while True:
             try:
                 return self._ask_once(ctx, avoid, fn)
             except MemberError as e:
-                if "unhealthy cluster" not in str(e) or time.monotonic() > deadline:
+                if not any(x in str(e) for x in RETRIED) or time.monotonic() > deadline:
                     raise
             time.sleep(0.5)
 

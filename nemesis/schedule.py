@@ -108,7 +108,14 @@ class Schedule:
         if not self.nemeses:
             return
         lanes = min(self.concurrent, len(self.nemeses))
-        await asyncio.gather(*(self._lane(i, lanes) for i in range(lanes)))
+        tasks = [asyncio.ensure_future(self._lane(i, lanes)) for i in range(lanes)]
+        try:
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            # the gather passed the cancellation on to every lane but returns at once: wait for each
+            # to finish its command in flight and its stop, so no fault is applied during the heal
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def _lane(self, i: int, lanes: int) -> None:
         await asyncio.sleep(self.interval * i / lanes)

@@ -147,6 +147,7 @@ def test_ionice_idle_under_competition_then_restored(request, embedded_cluster, 
         back = nem.stop(ctx)["undone"]["n2"]
         assert back["idle_threads_left"] == 0 and back["state"] == "removed"
         assert r.run(f"kill -0 {comp} 2>/dev/null && cat /proc/{comp}/stat | cut -d' ' -f3", check=False).out.strip() in ("", "Z")
+        assert not [x for x in r.run("ps -eo args=").out.splitlines() if "etcdproof-disk-compete" in x and str(tmp_path) in x]
         assert not any(c.startswith("idle") for c in
                        r.run(f"for t in /proc/{pid}/task/*; do ionice -p ${{t##*/}}; done").out.split("\n") if c)
 

@@ -1,0 +1,65 @@
+"""Runs under composed faults: the register workload with every fault class (`--nemesis all`),
+three classes at a time, against both targets; valid verdicts, every class either applied with
+evidence or refused with its reason, and nothing left behind. The per-class runs (each class,
+register and bank, both targets) are behind `slow` (make test-slow)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from checker.history import FAIL, NEMESIS, OK, load_history
+from harness import store
+from harness.pytest_plugin import session_ports
+from nemesis import registry
+from nemesis.clock import GO_REFUSAL
+from nemesis_support import leftovers, run_isolated
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def nemesis_ops(history) -> dict[str, dict[str, list]]:
+    """fault class -> {"applied": [evidence...], "refused": [reasons...]} from a history."""
+    out: dict[str, dict[str, list]] = {}
+    for op in history:
+        if op.process != NEMESIS or not op.f.startswith("start-"):
+            continue
+        d = out.setdefault(op.f.removeprefix("start-"), {"applied": [], "refused": []})
+        if op.type == OK:
+            d["applied"].append(op.value)
+        elif op.type == FAIL:
+            d["refused"].append(op.error)
+    return out
+
+
+def check_run(o, inv, db, classes: list[str], peer_port: int) -> dict:
+    assert o.valid is True, json.dumps(o.results, default=str)[:3000]
+    history = load_history(str(o.run_dir / store.HISTORY))
+    ops = nemesis_ops(history)
+    oks = [op for op in history if op.process != NEMESIS and op.type == OK]
+    assert len(oks) > 100, f"only {len(oks)} ops succeeded"
+    test = json.loads((o.run_dir / store.TEST_JSON).read_text())
+    nodes = [inv.node(n["name"]) for n in test["nodes"]]
+    # every stop of the final heal succeeded, network first and members last
+    heal = [op for op in history if op.process == NEMESIS and op.f.startswith("stop-") and op.type != "invoke"]
+    assert all(op.type == OK for op in heal[-len(classes):]), [(op.f, op.type, op.error) for op in heal[-len(classes):]]
+    dirs = {n.name: db.node_dir(n) for n in nodes}
+    left = leftovers(inv, nodes, dirs, peer_port)
+    assert all(v == [] for v in left.values()), left
+    return ops
+
+
+def test_register_under_all_faults_three_at_a_time(request, db_kind, etcdproof_inventory, tmp_path) -> None:
+    classes = registry.parse("all")
+    o, db = run_isolated(request, etcdproof_inventory, tmp_path, "register", db=db_kind, nemesis=classes, time_limit=40,
+                         nemesis_interval=3, nemesis_concurrent=3, rate=100, nodes=3)
+    ops = check_run(o, etcdproof_inventory, db, classes, session_ports(request.config)[1])
+    assert set(ops) >= {"partition", "kill", "pause"} and len(ops) >= 6, sorted(ops)
+    applied = {k for k, v in ops.items() if v["applied"]}
+    assert len(applied) >= 5, ops
+    for k, v in ops.items():
+        assert v["applied"] or v["refused"], k
+        assert all(r.startswith("refused: ") and len(r) > 12 for r in v["refused"]), v["refused"]
+    if db_kind == "etcd" and "clock" in ops:
+        assert ops["clock"]["refused"] == [f"refused: {GO_REFUSAL}"]  # once: it is permanent
+        assert not ops["clock"]["applied"]
