@@ -3,7 +3,8 @@
 After the faults heal and the final reads ran, each member is asked for HashKV at one revision:
 the highest revision any acknowledged op of the run reported (so every member must have it, and
 no later request can change what it covers). Members that are still catching up answer "future
-revision"; the op waits for them a little (HashKV changes nothing, so asking again is safe).
+revision" (or do not answer yet); the op asks again for a while (HashKV changes nothing, so
+asking again is safe).
 Checked by checker/converge.py: every member that answered must give the same hash.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ async def invoke_hashkv(client: EtcdClient, revision: int, patience: float = 10.
             # etcd 3.4 leaves hash_revision out; the hash is then of the revision asked for
             return OK, r.hash, {"revision": r.header.revision, "hash_revision": r.hash_revision or revision,
                                 "compact_revision": r.compact_revision, "member": r.header.member_id}
-        except Definite as e:
-            if "future revision" not in e.message or time.monotonic() > deadline:
+        except Definite as e:  # a member still catching up, or not serving yet: ask again
+            if "compacted" in e.message or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
