@@ -18,7 +18,7 @@ NODES = 3
 
 
 def faults(inventory) -> list[str]:
-    return ["kill", "partition"] if inventory.can_partition else ["kill"]
+    return ["partition", "kill"] if inventory.can_partition else ["kill"]
 
 
 def oks(outcome, f: str) -> int:
@@ -55,7 +55,7 @@ def test_lock_without_faults(run_etcdproof, db_kind) -> None:
 
 def test_lock_under_kills_and_partitions(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = faults(etcdproof_inventory)
-    o = run(run_etcdproof, "lock", db_kind, nemesis, 12)
+    o = run(run_etcdproof, "lock", db_kind, nemesis, 14)
     v = verdicts(o)
     assert v["mutex"] is True and v["fenced-counter"] is True, o.results["checkers"]
     assert v["converged"] is True, o.results["checkers"]["converged"]
@@ -73,7 +73,7 @@ def test_bank_txn_without_faults(run_etcdproof, db_kind) -> None:
 
 def test_bank_stm_levels_under_kills_and_partitions(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = faults(etcdproof_inventory)
-    o = run(run_etcdproof, "bank-stm", db_kind, nemesis, 12, rate=150)
+    o = run(run_etcdproof, "bank-stm", db_kind, nemesis, 14, rate=150)
     c = o.results["checkers"]
     for level in ("ss", "ser", "rr"):
         assert c[f"bank-{level}"]["valid"] is True, c[f"bank-{level}"]
@@ -95,7 +95,7 @@ def test_watch_without_faults(run_etcdproof, db_kind) -> None:
 
 def test_watch_under_kills_and_partitions(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = faults(etcdproof_inventory)
-    o = run(run_etcdproof, "watch", db_kind, nemesis, 12)
+    o = run(run_etcdproof, "watch", db_kind, nemesis, 14)
     r = o.results["checkers"]["watch"]
     assert r["valid"] is True, r
     assert o.results["checkers"]["converged"]["valid"] is True
