@@ -10,9 +10,10 @@ lock names (they interoperate: both use etcd's key layout `<name>/<lease id in h
            (only if absent), then, while a key with a smaller create revision exists, watch the
            newest such key until it is deleted; held once ours is the oldest.
 
-An acquire that cannot finish within the op's time revokes the session's lease before giving
-up: if the revoke succeeded the lock is certainly not held (fail), otherwise the acquire may
-have taken it (info). The increment reads the counter and writes counter+1 in a Txn whose only
+An acquire refused before our key was written fails; one that cannot finish once its key is
+queued (a timeout, an error while waiting or just after taking the lock) revokes the session's
+lease before giving up: if the revoke succeeded the lock is certainly not held (fail),
+otherwise the acquire may have taken it (info). The increment reads the counter and writes counter+1 in a Txn whose only
 compare is the fence "our lock key still exists with its create revision": the read-modify-
 write is not atomic, so only the lock keeps two increments apart, and a lost update shows.
 A fence that fails means the key is gone (the lease expired): the increment is `fail` with
@@ -68,6 +69,15 @@ class LockOps:
             self.plan = [OpTemplate("acquire", name, self.rng.choice(MODES)), *incrs,
                          OpTemplate("release", name, None)]
         return self.plan.pop(0)
+
+
+class NotHeld(Exception):
+    """An acquire that certainly left nothing of ours holding or queued for the lock."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 @dataclass
@@ -154,10 +164,10 @@ class LockWorkload:
                 key, rev = await self.lock_v3(client, s, name, deadline)
             else:
                 key, rev = await self.lock_recipe(client, s, name, deadline)
-        except Definite as e:
+        except NotHeld as e:
             if "lease not found" in e.message or "session expired" in e.message:
                 s.end(e.message)
-            raise
+            raise Definite(e.message, e.code) from None
         except (ClientError, asyncio.TimeoutError) as e:
             # maybe queued, maybe holding: only the lease's end makes it certain we hold nothing
             msg = e.message if isinstance(e, ClientError) else "lock wait timed out"
@@ -168,10 +178,13 @@ class LockWorkload:
         return "ok", mode, {"lock_key": key.decode(), "create_revision": rev, **self.lease_info(s)}
 
     async def lock_v3(self, client: EtcdClient, s: Session, name: str, deadline: float) -> tuple[bytes, int]:
-        key = await client.lock(name, s.lease, timeout=max(deadline - time.monotonic(), 0.1))
-        r = await client.range(pb.RangeRequest(key=key))
+        try:
+            key = await client.lock(name, s.lease, timeout=max(deadline - time.monotonic(), 0.1))
+        except Definite as e:  # refused before anything was written
+            raise NotHeld(e.message, e.code) from None
+        r = await client.range(pb.RangeRequest(key=key))  # we hold it now: errors from here revoke
         if not r.kvs:
-            raise Definite("session expired: the lock key vanished right after Lock returned")
+            raise NotHeld("session expired: the lock key vanished right after Lock returned")
         return key, r.kvs[0].create_revision
 
     async def lock_recipe(self, client: EtcdClient, s: Session, name: str, deadline: float) -> tuple[bytes, int]:
@@ -179,17 +192,21 @@ class LockWorkload:
         key = prefix + format(s.lease, "x").encode()
         oldest = pb.RangeRequest(key=prefix, range_end=prefix_end(prefix), sort_order=pb.RangeRequest.ASCEND,
                                  sort_target=pb.RangeRequest.CREATE, limit=1)
-        r = await client.txn(pb.TxnRequest(
-            compare=[Cmp(key=key, target=Cmp.CREATE, result=Cmp.EQUAL, create_revision=0)],
-            success=[pb.RequestOp(request_put=pb.PutRequest(key=key, lease=s.lease)),
-                     pb.RequestOp(request_range=oldest)],
-            failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key)), pb.RequestOp(request_range=oldest)]))
+        try:
+            r = await client.txn(pb.TxnRequest(
+                compare=[Cmp(key=key, target=Cmp.CREATE, result=Cmp.EQUAL, create_revision=0)],
+                success=[pb.RequestOp(request_put=pb.PutRequest(key=key, lease=s.lease)),
+                         pb.RequestOp(request_range=oldest)],
+                failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key)), pb.RequestOp(request_range=oldest)]))
+        except Definite as e:  # our key was not written
+            raise NotHeld(e.message, e.code) from None
+        # from here our key is queued under the prefix: any error revokes the lease
         if r.succeeded:
             mine = r.header.revision
         else:
             kvs = r.responses[0].response_range.kvs
             if not kvs:
-                raise Definite("session expired: our lock key vanished")
+                raise NotHeld("session expired: our lock key vanished")
             mine = kvs[0].create_revision
         owner = r.responses[1].response_range.kvs
         if owner and owner[0].create_revision == mine:
@@ -198,7 +215,7 @@ class LockWorkload:
             await self.wait_for_predecessors(client, prefix, mine)
         r2 = await client.range(pb.RangeRequest(key=key))
         if not r2.kvs or r2.kvs[0].create_revision != mine:
-            raise Definite("session expired while waiting for the lock")
+            raise NotHeld("session expired while waiting for the lock")
         return key, mine
 
     async def wait_for_predecessors(self, client: EtcdClient, prefix: bytes, mine: int) -> None:
