@@ -151,7 +151,7 @@ class Applier:
         return pb.MemberUpdateResponse(header=pb.ResponseHeader(), members=sorted(self.members.values(), key=lambda x: x.ID))
 
     def nospace(self) -> bool:
-        return any(a == AlarmType.NOSPACE for _, a in self.alarms)
+        return bool(self.alarms) and any(a == AlarmType.NOSPACE for _, a in self.alarms)
 
     def alarm_list(self) -> list[pb.AlarmMember]:
         return [pb.AlarmMember(memberID=m, alarm=a) for m, a in sorted(self.alarms)]

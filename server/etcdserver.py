@@ -109,6 +109,10 @@ class EtcdServer:
         self.store = KVStore(self.backend, self.lessor)
         self.hub = WatchHub(self.store, self.header, max_response_bytes=cfg.max_request_bytes)
         self.applier = Applier(self.store, self.lessor, self.backend, self.hub, time.monotonic)
+        # read when scraped, not kept up to date per request
+        self.metrics.proposals_pending.set_function(lambda: len(self._waiters))
+        self.metrics.proposals_applied.set_function(lambda: self.applier.applied_index)
+        self.metrics.proposals_committed.set_function(lambda: self.node.committed_index if self.node else 0)
 
     def _open_backend(self) -> Backend:
         cfg = self.cfg
@@ -340,8 +344,6 @@ class EtcdServer:
         results = [res for e in entries for res in apply(e.Index, e.Term, e.Data)]
         self._wake_appliers()
         jobs, self.applier.compaction_jobs = self.applier.compaction_jobs, []
-        self.metrics.proposals_committed.set(self.node.committed_index if self.node else 0)
-        self.metrics.proposals_applied.set(self.applier.applied_index)
         held = []
         for rid, res in results:
             fut = self._waiters.pop(rid, None) if rid else None
@@ -490,7 +492,6 @@ class EtcdServer:
         fut = loop.create_future()
         rid = self._submit(req)
         self._waiters[rid] = fut
-        self.metrics.proposals_pending.inc()
         # a timer instead of asyncio.wait_for: the same deadline for a fraction of the cost
         timer = loop.call_later(self.cfg.request_timeout, _expire, fut)
         try:
@@ -498,7 +499,6 @@ class EtcdServer:
         finally:
             timer.cancel()
             self._waiters.pop(rid, None)
-            self.metrics.proposals_pending.dec()
         if res is _TIMED_OUT:
             self.metrics.proposals_failed.inc()
             raise errors.TIMEOUT
