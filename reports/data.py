@@ -47,6 +47,12 @@ class Completed:
     value: Any = None
     error: str | None = None
     end_index: int | None = None  # of the completion (None: it never completed)
+    request: Any = None  # the invocation's value
+
+    @property
+    def end(self) -> float:
+        """When it completed (or, never completed, when the history ends), seconds since the start."""
+        return self.start + self.latency
 
 
 def completed_ops(history: list[Op]) -> list[Completed]:
@@ -63,10 +69,10 @@ def completed_ops(history: list[Op]) -> list[Completed]:
         if inv is None:
             continue
         out.append(Completed(inv.index, op.process, op.f, op.key, op.type, inv.time / 1e9,
-                             (op.time - inv.time) / 1e9, op.node, op.value, op.error, op.index))
+                             (op.time - inv.time) / 1e9, op.node, op.value, op.error, op.index, inv.value))
     for inv in pending.values():
         out.append(Completed(inv.index, inv.process, inv.f, inv.key, INFO, inv.time / 1e9,
-                             (end - inv.time) / 1e9, inv.node, inv.value, "never completed"))
+                             (end - inv.time) / 1e9, inv.node, inv.value, "never completed", None, inv.value))
     out.sort(key=lambda c: c.index)
     return out
 
@@ -104,6 +110,14 @@ def fault_periods(history: list[Op]) -> list[FaultPeriod]:
     return out
 
 
+FAULT_COLORS = ["#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#d9d9d9", "#c7e9c0", "#fdd0a2", "#dadaeb"]
+
+
+def fault_color(name: str, names: list[str]) -> str:
+    """The colour of a fault class among the classes of a run (the same in plots and timelines)."""
+    return FAULT_COLORS[names.index(name) % len(FAULT_COLORS)] if name in names else FAULT_COLORS[-1]
+
+
 def outcome_counts(history: list[Op]) -> dict[str, int]:
     c = {OK: 0, FAIL: 0, INFO: 0}
     for op in completed_ops(history):
@@ -122,3 +136,47 @@ def checker_rows(results: dict) -> list[dict]:
 
 def verdict_word(v: Any) -> str:
     return {True: "valid", False: "INVALID"}.get(v, "unknown")
+
+
+def parameter_rows(test: dict) -> list[tuple[str, Any]]:
+    """The test's parameters as given (its spec), and the workers it ran."""
+    spec = test.get("spec", {})
+    rows: list[tuple[str, Any]] = [(k, spec[k]) for k in sorted(spec)]
+    rows.append(("workers (concurrency)", test.get("concurrency")))
+    return [(k, v) for k, v in rows if v not in (None, "")]
+
+
+def target_rows(test: dict) -> list[dict]:
+    """The targets: each node, the address members use, the server version it reported."""
+    versions = (test.get("db") or {}).get("versions") or {}
+    return [{"name": n.get("name"), "address": n.get("address") or n.get("host"), "host": n.get("host"),
+             "version": versions.get(n.get("name"), "")} for n in test.get("nodes", [])]
+
+
+def partition_note(test: dict) -> str:
+    """Whether network partitions could be applied on these nodes, and why not."""
+    if test.get("can_partition", True) is not False:
+        return "possible"
+    return f"not possible: {test.get('why_not_partition') or 'no reason recorded'}"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of history.jsonl for the history page; pair is the other end of the same op."""
+
+    op: Op
+    pair: int | None
+
+
+def history_rows(history: list[Op]) -> list[HistoryRow]:
+    """Every line with the index of its other half (invoke <-> completion), per process."""
+    pending: dict[Any, int] = {}
+    pair: dict[int, int] = {}
+    for op in history:
+        who = (op.process, op.f) if op.process == NEMESIS else op.process  # nemesis lanes may overlap
+        if op.type == INVOKE:
+            pending[who] = op.index
+        elif who in pending:
+            inv = pending.pop(who)
+            pair[inv], pair[op.index] = op.index, inv
+    return [HistoryRow(op, pair.get(op.index)) for op in history]

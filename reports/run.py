@@ -1,26 +1,27 @@
-"""The report of one run: index.html in the run directory, from its files alone.
+"""The report of one run, from its files alone: index.html in the run directory, and beside it
+report/ with the plots (PNG) and history.html (every history line, with an anchor per op).
 
-`render_run(run_dir)` is what the runner and `etcdproof report RUN_DIR` call. The page is one
-self-contained file (the plot is embedded), readable without a network or a server.
+`render_run(run_dir)` is what the runner and `etcdproof report RUN_DIR` call. Nothing here needs
+a network or a server: open index.html from the disk, or browse it with `etcdproof serve`.
+Data is prepared by the pure functions of reports.data, reports.series and reports.layout; this
+module only puts them together and writes the files.
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from checker.stats import counts
-from reports.data import RunData, checker_rows, completed_ops, fault_periods, load_run, verdict_word
-from reports.plots import latency_png
+from reports import plots
+from reports.data import (Completed, RunData, checker_rows, completed_ops, fault_periods, history_rows, load_run,
+                          parameter_rows, partition_note, target_rows, verdict_word)
+from reports.layout import band_layout, timeline_layout
+from reports.series import clock_samples, nice_width, quantile_windows, throughput_buckets
+from reports.templating import env, write_atomic
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
-    autoescape=True, undefined=jinja2.StrictUndefined,
-)
+REPORT_DIR = "report"  # plots and the history page, beside index.html
+HISTORY_PAGE = f"{REPORT_DIR}/history.html"
 
 
 def ops_of_interest(result: Any) -> set[int]:
@@ -41,8 +42,9 @@ def ops_of_interest(result: Any) -> set[int]:
     return found
 
 
-def linearizable_failures(result: dict, by_index: dict) -> list[dict]:
-    """Per failing partition: where the search got stuck and the smallest set of ops to look at."""
+def linearizable_failures(result: dict, by_index: dict[int, Completed]) -> list[dict]:
+    """Per failing partition: where the search got stuck, the smallest set of ops to look at, and
+    its band (reports.layout.band_layout)."""
     out = []
     for part in result.get("partitions", []):
         if part.get("valid") is True:
@@ -56,52 +58,98 @@ def linearizable_failures(result: dict, by_index: dict) -> list[dict]:
             "minimal_initial": minimal.get("initial_state"), "minimal_complete": minimal.get("complete"),
             "critical": set(minimal.get("critical") or []),
             "ops": [by_index[i] for i in picked if i in by_index],
+            "band": band_layout(part),
         })
     return out
+
+
+def valid_bands(result: dict, limit: int = 40) -> list:
+    """Bands of the partitions that passed (the first `limit`), drawn smaller, for context."""
+    return [band_layout(p, max_ops=150) for p in result.get("partitions", []) if p.get("valid") is True][:limit]
+
+
+def failure_views(results: dict, by_index: dict[int, Completed]) -> list[dict]:
+    views = []
+    for name, r in sorted((results.get("checkers") or {}).items()):
+        if r.get("valid") is True:
+            continue
+        if r.get("checker") == "linearizable":
+            parts, shown, passed = linearizable_failures(r, by_index), [], valid_bands(r)
+        else:
+            picked = {by_index[i].index: by_index[i] for i in ops_of_interest(r) if i in by_index}
+            parts, shown, passed = [], [picked[i] for i in sorted(picked)][:200], []
+        views.append({"name": name, "word": verdict_word(r.get("valid")), "ops": shown, "partitions": parts,
+                      "passed": passed, "reason": r.get("reason", ""),
+                      "json": json.dumps(r, indent=2, default=str)[:200_000]})
+    return views
+
+
+def write_plots(run: RunData, ops: list[Completed], faults, out: Path) -> list[dict]:
+    """The PNGs of the run into out/; [{file, alt, title}] for the page, in page order."""
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    if not ops and not faults:
+        return []
+    end = max([o.end for o in ops] + [f.end or f.start for f in faults] + [1.0])
+    width = nice_width(end)
+    shown = [f for f in faults if f.applied]
+    figs = [
+        ("latency.png", "latency of every op over time, by outcome, fault periods shaded",
+         plots.latency_png(ops, shown)),
+        ("quantiles.png", f"latency p50/p95/p99/max of ok ops per {width:g} s window, fault periods shaded",
+         plots.quantiles_png(quantile_windows(ops, width), shown, width, end)),
+        ("throughput.png", f"completions per second by op and outcome ({width:g} s buckets), fault periods shaded",
+         plots.throughput_png(throughput_buckets(ops, width, end), shown, end)),
+    ]
+    clocks = clock_samples(run.history)
+    if clocks and any(f.name == "clock" for f in shown):  # only when the clock fault really ran
+        figs.append(("clock.png", "each node's wall-clock offset as the clock fault measured it",
+                     plots.clock_png(clocks, shown, end)))
+    listed = []
+    for name, alt, png in figs:
+        write_atomic(out / name, png)
+        listed.append({"file": f"{REPORT_DIR}/{name}", "alt": alt})
+    return listed
 
 
 def page(run: RunData) -> str:
     test, results = run.test, run.results
     ops = completed_ops(run.history)
     faults = fault_periods(run.history)
-    spec = test.get("spec", {})
-    params = [(k, spec[k]) for k in sorted(spec)]
-    params += [("concurrency (workers)", test.get("concurrency")),
-               ("nodes", ", ".join(f"{n['name']} ({n['address']})" for n in test.get("nodes", []))),
-               ("db versions", "; ".join(f"{k}: {v}" for k, v in (test.get("db", {}).get("versions") or {}).items())),
-               ("partitions possible", test.get("can_partition", True) or test.get("why_not_partition"))]
     # a checker may name an op by its invocation or by its completion; either finds it
     by_index = {o.index: o for o in ops} | {o.end_index: o for o in ops if o.end_index is not None}
-    failures = []
-    for name, r in sorted((results.get("checkers") or {}).items()):
-        if r.get("valid") is True:
-            continue
-        if r.get("checker") == "linearizable":
-            parts, shown = linearizable_failures(r, by_index), []
-        else:
-            picked = {by_index[i].index: by_index[i] for i in ops_of_interest(r) if i in by_index}
-            parts, shown = [], [picked[i] for i in sorted(picked)][:200]
-        failures.append({"name": name, "word": verdict_word(r.get("valid")), "ops": shown, "partitions": parts,
-                         "reason": r.get("reason", ""), "json": json.dumps(r, indent=2, default=str)[:200_000]})
-    png = latency_png(ops, faults, test.get("name", "")) if ops or faults else b""
+    figures = write_plots(run, ops, faults, run.run_dir / REPORT_DIR)
     files = sorted(str(p.relative_to(run.run_dir)) for p in run.run_dir.rglob("*")
-                   if p.is_file() and p.name != "index.html")
-    return _env.get_template("run.html.j2").render(
+                   if p.is_file() and p.name != "index.html" and not p.name.startswith(".")
+                   and p.relative_to(run.run_dir).parts[0] != REPORT_DIR)
+    count_rows = sorted(counts(run.history).items())
+    totals = {k: sum(c[k] for _, c in count_rows) for k in ("ok", "fail", "info", "count")}
+    return env.get_template("run.html.j2").render(
         name=test.get("name", run.run_dir.name), verdict=verdict_word(results.get("valid", "unknown")),
         run_dir=str(run.run_dir), interrupted=bool(results.get("interrupted")),
         checkers=[dict(r, word=verdict_word(r["valid"])) for r in checker_rows(results)],
-        results_reason=results.get("reason", ""), params=params,
-        counts=sorted(counts(run.history).items()), latency_png=base64.b64encode(png).decode() if png else "",
+        results_reason=results.get("reason", ""), params=parameter_rows(test), targets=target_rows(test),
+        db_kind=(test.get("db") or {}).get("kind", test.get("spec", {}).get("db", "")), partitions=partition_note(test),
+        counts=count_rows, totals=totals, figures=figures, history_page=HISTORY_PAGE,
         faults=[dict(vars(f), detail_json=json.dumps(f.detail, indent=2, default=str)) for f in faults],
         nemesis=test.get("nemesis", []), refused=test.get("refused_faults") or {},
-        failures=failures, files=files,
+        timeline=timeline_layout(ops, faults, max_ops=5000), failures=failure_views(results, by_index),
+        files=files, has_history=bool(run.history), note=test.get("note", ""),
     )
 
 
+def history_page(run: RunData) -> str:
+    return env.get_template("history.html.j2").render(
+        name=run.test.get("name", run.run_dir.name), rows=history_rows(run.history),
+        dumps=lambda v: json.dumps(v, default=str, separators=(", ", ": ")))
+
+
 def render_run(run_dir: str | Path) -> Path:
+    """Write index.html and report/ of a run directory; returns the index.html path."""
     run = load_run(run_dir)
+    (run.run_dir / REPORT_DIR).mkdir(exist_ok=True)
+    write_atomic(run.run_dir / HISTORY_PAGE, history_page(run).encode())
     out = run.run_dir / "index.html"
-    tmp = out.with_name(".index.html.tmp")
-    tmp.write_text(page(run), encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, page(run).encode())
     return out

@@ -124,6 +124,9 @@ def test_the_report_shows_why_and_which_ops(tmp_path: Path) -> None:
     html = render_run(run).read_text()
     assert "INVALID" in html and "Why linearizable is INVALID" in html
     view = html.split("Why linearizable is INVALID", 1)[1]
-    shown = {int(x) for x in re.findall(r"<tr[^>]*><td>(\d+)</td><td>\d+</td><td>n1</td>", view)}
+    # each shown op's index cell links to its line in the history page
+    shown = {int(x) for x in re.findall(r'<tr[^>]*><td><a href="report/history.html#op-(\d+)">\1</a></td><td>\d+</td><td>n1</td>', view)}
     assert offending(res) <= shown, (offending(res), shown)
     assert "holds 2" in view or "register holds" in view, view[:2000]
+    page = (run / "report" / "history.html").read_text()
+    assert all(f'id="op-{i}"' in page for i in offending(res))

@@ -1,0 +1,140 @@
+"""Reports of stored runs: a valid, an invalid and an unknown run from tests/data/runs (real short
+runs on the embedded cluster, trimmed; see make_fixtures.py there), rendered into a temporary store.
+
+What must hold: each page states its verdict with each checker's reason, the parameters, targets
+and versions, op counts and the faults with their times; the plots are real PNGs (the clock plot
+only where the clock fault ran); the timeline draws every client op; the history page has an
+anchor for every line; the invalid run's failure view draws its failing partition and names the
+planted op, the op that breaks the prefix and the minimal set, each linked to its history line;
+and the store index lists the three with their verdicts.
+"""
+from __future__ import annotations
+
+import json
+import re
+from html import escape
+import shutil
+from pathlib import Path
+
+import pytest
+
+from checker.history import NEMESIS, load_history
+from harness.testcmd import report_main
+from reports.index import render_index
+from reports.run import render_run
+
+FIXTURES = Path(__file__).parent / "data" / "runs"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """The three fixtures as runs of a store: store/fixture-<kind>/<time>/."""
+    for i, kind in enumerate(("valid", "invalid", "unknown")):
+        shutil.copytree(FIXTURES / kind, tmp_path / f"fixture-{kind}" / f"20261201T20000{i}Z")
+    return tmp_path
+
+
+def run_dir(store: Path, kind: str) -> Path:
+    return next((store / f"fixture-{kind}").iterdir())
+
+
+def test_the_fixtures_are_what_they_claim() -> None:
+    for kind, want in (("valid", True), ("invalid", False), ("unknown", "unknown")):
+        assert json.loads((FIXTURES / kind / "results.json").read_text())["valid"] == want
+    assert json.loads((FIXTURES / "unknown" / "results.json").read_text())["interrupted"] is True
+    size = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    assert size < 300_000, size
+
+
+def pngs(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (d / "report").glob("*.png")}
+
+
+def test_a_valid_run(store: Path) -> None:
+    d = run_dir(store, "valid")
+    html = render_run(d).read_text()
+    assert "<title>fixture-valid: valid</title>" in html
+    assert html.count('class="badge valid"') >= 3  # the run and both checkers
+    assert re.search(r"<td>linearizable</td>.*?\d+ ops in 4 partitions linearizable", html, re.S)
+    for param in ("<th>seed</th>", "<th>nemesis_interval</th>", "<th>workers (concurrency)</th><td>6</td>"):
+        assert param in html
+    test = json.loads((d / "test.json").read_text())
+    for n in test["nodes"]:  # the targets: node, address, the version it reported
+        assert f"<tr><td>{n['name']}</td><td>{n['address']}</td><td>{n['host']}</td><td>{test['db']['versions'][n['name']]}</td></tr>" in html
+    # faults with their times: the kill and the clock bump, as applied
+    assert re.search(r"<td>kill</td><td class=\"num\">\d+\.\d\d</td><td class=\"num\">\d+\.\d\d</td>\s*<td>n1</td><td>yes</td>", html)
+    assert re.search(r"<td>clock</td><td class=\"num\">\d+\.\d\d</td>", html)
+    # op counts: the totals row adds up to the client completions of the history
+    history = load_history(str(d / "history.jsonl"))
+    done = [op for op in history if op.process != NEMESIS and op.type != "invoke"]
+    assert f'<th class="num">{len(done)}</th></tr>' in html
+    # every plot is a PNG, referenced by the page; the clock plot because a bump was applied
+    got = pngs(d)
+    assert set(got) == {"latency.png", "quantiles.png", "throughput.png", "clock.png"}
+    assert all(b.startswith(PNG) and len(b) > 10_000 for b in got.values())
+    assert all(f'src="report/{name}"' in html for name in got)
+    # the timeline draws each client op once, linked to its history line
+    invokes = [op for op in history if op.process != NEMESIS and op.type == "invoke"]
+    boxes = re.findall(r'<a class="op [^"]*" href="report/history.html#op-(\d+)"', html.split('id="timeline"')[1])
+    assert sorted(map(int, boxes)) == sorted(op.index for op in invokes)
+    page = (d / "report" / "history.html").read_text()
+    assert all(f'id="op-{op.index}"' in page for op in history)
+    assert "Why " not in html  # nothing failed
+
+
+def test_an_invalid_run_shows_the_violation(store: Path) -> None:
+    d = run_dir(store, "invalid")
+    html = render_run(d).read_text()
+    assert "<title>fixture-invalid: INVALID</title>" in html and "Why linearizable is INVALID" in html
+    note = json.loads((d / "test.json").read_text())["note"]
+    assert note in html
+    planted = int(re.match(r"planted: op (\d+)", note).group(1))  # the completion the fixture changed
+    history = load_history(str(d / "history.jsonl"))
+    inv = max(op.index for op in history if op.index < planted and op.process == history[planted].process)
+    result = json.loads((d / "results.json").read_text())["checkers"]["linearizable"]
+    part = next(p for p in result["partitions"] if p["valid"] is False)
+    view = html.split("Why linearizable is INVALID", 1)[1]
+    band = view.split('<div class="tl band">', 1)[1].split("</svg>", 1)[0]
+    classes = {int(i): cls for cls, i in re.findall(r'<a class="op ([^"]*)" href="report/history.html#op-(\d+)"', band)}
+    assert "blocked" in classes[inv] and "minimal" in classes[inv]  # the planted read breaks the prefix
+    assert all("minimal" in classes[i] for i in part["minimal"]["ops"])
+    assert all("lin" in classes[p["index"]] for p in part["longest_prefix"] if p["index"] in classes)
+    assert band.count("<circle") == sum(1 for p in part["longest_prefix"] if p["index"] in classes)
+    assert f'longest linearizable prefix ends: {part["final_state"]}' in band
+    # the op that breaks it, with the model state before it and why; the minimal set as rows
+    for b in part["blocked"]:
+        assert f'<td><a href="report/history.html#op-{b["index"]}">{b["index"]}</a></td><td>{escape(b["description"])}</td>' in view
+        assert escape(b["why"]) in view
+    for i in part["minimal"]["ops"]:
+        assert re.search(rf'<tr[^>]*><td><a href="report/history.html#op-{i}">{i}</a></td>', view)
+    assert f"takes {part['linearized']} of {part['required']} ops" in view
+    assert "partitions that passed" in view  # the other keys, for context
+    page = (d / "report" / "history.html").read_text()
+    assert f'id="op-{inv}"' in page and f'href="#op-{planted}"' in page  # invoke and completion linked
+
+
+def test_an_unknown_interrupted_run(store: Path) -> None:
+    d = run_dir(store, "unknown")
+    html = render_run(d).read_text()
+    assert "<title>fixture-unknown: unknown</title>" in html and "<b>interrupted</b>" in html
+    assert "interrupted before the run completed; not checked" in html
+    assert "etcd" in html and "<h3>Targets: etcd</h3>" in html
+    assert set(pngs(d)) == {"latency.png", "quantiles.png", "throughput.png"}  # no clock fault here
+    assert 'class="op info open"' in html or 'class="op info"' in html  # ops cut short by the interrupt
+
+
+def test_report_command_and_the_index(store: Path, capsys) -> None:
+    d = run_dir(store, "invalid")
+    assert report_main([str(d)]) == 0 and (d / "index.html").exists()
+    assert report_main([str(store)]) == 2  # not a run directory
+    for kind in ("valid", "unknown"):
+        render_run(run_dir(store, kind))
+    html = render_index(store).read_text()
+    rows = re.findall(r'<tr data-workload="([^"]*)" data-db="([^"]*)" data-verdict="([^"]*)">', html)
+    assert sorted(rows) == sorted([("register", "reference", "valid"), ("register", "reference", "INVALID"),
+                                   ("register", "etcd", "unknown")])
+    for kind in ("valid", "invalid", "unknown"):
+        rel = run_dir(store, kind).relative_to(store).as_posix()
+        assert f'href="{rel}/index.html"' in html and f'href="{rel}/history.jsonl"' in html
+    assert '<option>INVALID</option>' in html and '<option>etcd</option>' in html
