@@ -76,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.checker import main as checker_main
 
         return checker_main(argv[1:])
+    if argv and argv[0] == "disk":
+        from bench.disk import disk_main
+
+        return disk_main(argv[1:])
     if not argv or argv[0] not in ("kv",):
-        print("usage: python -m bench kv|checker [options]   (bench disk arrives with the benchmark issue)",
-              file=sys.stderr)
+        print("usage: python -m bench kv|disk|checker [options]", file=sys.stderr)
         return 2
     return kv_main(argv[1:])
 
