@@ -16,7 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("render a stored run's HTML report again", "harness.testcmd:report_main"),
     "check": ("check a history file for linearizability (JSONL or Jepsen EDN)", "checker.cli:main"),
     "cluster": ("build, inspect or tear down the embedded cluster (up | down | status)", "harness.embedded:cluster_main"),
-    "bench": ("benchmarks: `bench kv` (puts/s, reads/s vs real etcd)", "bench.__main__:main"),
+    "bench": ("benchmarks: `bench disk` (fio: fdatasync vs etcd's guidance), `bench kv` (puts/s, reads/s vs real etcd)", "bench.__main__:main"),
+    "serve": ("browse the store (every run's report) with a local web server", "reports.serve:serve_main"),
+    "index": ("regenerate the store's index.html (every run, verdict colours, filters)", "reports.index:index_main"),
     "demo": ("one real verification on the embedded cluster, then where its report is", "harness.demo:main"),
 }
 

@@ -321,9 +321,11 @@ class Runner:
         self.write_test_json({"ended": time.time(), "interrupted": interrupted,
                               "refused_faults": self.schedule.refused})
         try:
+            from reports.index import update
             from reports.run import render_run
 
             render_run(self.run_dir)
+            update(self.run_dir.parent.parent)  # store/index.html lists every run
         except Exception as e:  # noqa: BLE001 - the verdict stands without its report
             log.exception("rendering the report failed: %s", e)
         return Outcome(self.run_dir, results["valid"], results, interrupted)
