@@ -109,7 +109,7 @@ def puts(ctx, node, count: int) -> None:
 @pytest.mark.parametrize("kind", ["reference", "etcd"])
 def test_throttle_slows_fsync_then_undo_restores(request, embedded_cluster, tmp_path, kind):
     nem = D.DiskNemesis()
-    with cluster(request, embedded_cluster, kind, tmp_path, nemeses=[nem]) as ctx:
+    with cluster(request, embedded_cluster, kind, tmp_path, count=1, nemeses=[nem]) as ctx:
         n1 = ctx.nodes[0]
         r = ctx.remotes["n1"]
         puts(ctx, n1, 5)
@@ -119,7 +119,7 @@ def test_throttle_slows_fsync_then_undo_restores(request, embedded_cluster, tmp_
         assert a["pid"] == pid and a["read_back"]["write_iops_device"] == f"{a['device']} 10"
         assert r.run(f"grep blkio /proc/{pid}/cgroup").out.strip().endswith(a["cgroup"])
         assert a["probe_ms_during"] > max(20.0, 5 * a["probe_ms_before"]), a  # fsync latency up
-        puts(ctx, n1, 10)  # acknowledged writes wait for n1's throttled WAL fsyncs (leader or not)
+        puts(ctx, n1, 10)  # acknowledged writes wait for n1's throttled WAL fsyncs
         back = nem.stop(ctx)["undone"]["n1"]
         assert back["pid_changed"] is False and back["state"] == "removed"
         assert back["wal_fsync_ms_during"] > 20.0, back  # the server's own fsync metric saw it
@@ -131,11 +131,11 @@ def test_throttle_slows_fsync_then_undo_restores(request, embedded_cluster, tmp_
 
 def test_ionice_idle_under_competition_then_restored(request, embedded_cluster, tmp_path):
     nem = D.DiskNemesis()
-    with cluster(request, embedded_cluster, "reference", tmp_path, nemeses=[nem]) as ctx:
-        n2 = ctx.nodes[1]
-        r = ctx.remotes["n2"]
+    with cluster(request, embedded_cluster, "reference", tmp_path, count=1, nemeses=[nem]) as ctx:
+        n2 = ctx.nodes[0]
+        r = ctx.remotes[n2.name]
         ev = nem.apply(ctx, [n2], {"write_bps_device": 1024 * 1024}, ionice=True)
-        a = ev["applied"]["n2"]
+        a = ev["applied"][n2.name]
         assert ev["mode"] == "throttle+ionice"
         assert a["ionice"]["class"] == "idle" and a["ionice"]["threads"] >= 2
         pid = a["pid"]
@@ -144,7 +144,7 @@ def test_ionice_idle_under_competition_then_restored(request, embedded_cluster, 
         comp = a["competitor"]["pid"]
         assert r.run(f"cat /proc/{comp}/cmdline | tr '\\0' ' '").out.startswith(("fio", "/usr/bin/fio", "sh"))
         assert a["probe_ms_during"] > a["probe_ms_before"], a
-        back = nem.stop(ctx)["undone"]["n2"]
+        back = nem.stop(ctx)["undone"][n2.name]
         assert back["idle_threads_left"] == 0 and back["state"] == "removed"
         assert r.run(f"kill -0 {comp} 2>/dev/null && cat /proc/{comp}/stat | cut -d' ' -f3", check=False).out.strip() in ("", "Z")
         assert not [x for x in r.run("ps -eo args=").out.splitlines() if "etcdproof-disk-compete" in x and str(tmp_path) in x]
@@ -154,15 +154,15 @@ def test_ionice_idle_under_competition_then_restored(request, embedded_cluster, 
 
 def test_heal_sweeps_cgroups_left_by_an_earlier_process(request, embedded_cluster, tmp_path):
     nem = D.DiskNemesis()
-    with cluster(request, embedded_cluster, "reference", tmp_path, nemeses=[nem]) as ctx:
-        n3 = ctx.nodes[2]
-        nem.apply(ctx, [n3], {"write_iops_device": 20}, ionice=False)
+    with cluster(request, embedded_cluster, "reference", tmp_path, count=1, nemeses=[nem]) as ctx:
+        n = ctx.nodes[0]
+        nem.apply(ctx, [n], {"write_iops_device": 20}, ionice=False)
         nem.applied = {}  # as if the harness that applied it had died
-        name = D.cgroup_name(ctx.db.node_dir(n3), "n3")
-        assert any(x.endswith(name) for x in D.leftovers(ctx.remotes["n3"]))
+        name = D.cgroup_name(ctx.db.node_dir(n), n.name)
+        assert any(x.endswith(name) for x in D.leftovers(ctx.remotes[n.name]))
         healed = nem.heal(ctx)
-        assert healed["swept"]["n3"]["state"] == "removed"
-        assert not any(x.endswith(name) for x in D.leftovers(ctx.remotes["n3"]))
+        assert healed["swept"][n.name]["state"] == "removed"
+        assert not any(x.endswith(name) for x in D.leftovers(ctx.remotes[n.name]))
 
 
 def test_disk_fault_refused_without_a_running_server(request, embedded_cluster, tmp_path):

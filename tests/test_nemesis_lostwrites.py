@@ -165,7 +165,7 @@ def test_a_server_skipping_fsync_is_caught_losing_acknowledged_writes(request, e
     with cluster(request, embedded_cluster, "reference", tmp_path, nemeses=[nem], start=False) as ctx:
         ctx.db.cfg.extra_flags.append("--unsafe-no-fsync")
         ctx.db.setup()
-        acked, ev, values = crash_everyone_and_read_back(ctx, nem, wait=10)
+        acked, ev, values = crash_everyone_and_read_back(ctx, nem, wait=5)
         assert len(acked) == 60
         assert sum(c["dropped_bytes"] for c in ev["crashed"].values()) > 0, ev  # it had not synced
         lost = [i for i in acked if values.get(i) != i]

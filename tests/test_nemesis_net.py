@@ -131,7 +131,7 @@ def test_loss_drops_packets_and_netem_is_refused_when_required(request, embedded
 
 def test_heal_removes_what_an_earlier_process_left(request, embedded_cluster, tmp_path):
     nem = N.NetNemesis()
-    with cluster(request, embedded_cluster, "reference", tmp_path, nemeses=[nem]) as ctx:
+    with cluster(request, embedded_cluster, "reference", tmp_path, count=2, nemeses=[nem], start=False) as ctx:
         nem.apply(ctx, ctx.nodes[:2], N.Shape(delay_ms=30, rate_kbit=8192))
         nem.applied = {}  # as if the harness that applied it had died
         assert not clean(ctx)
