@@ -28,7 +28,14 @@ def kv_main(argv: list[str]) -> int:
     p.add_argument("--target", choices=["all", "leader"], default="all",
                    help="spread clients over every member (as etcd's benchmark does) or send all to the leader")
     p.add_argument("--json", help="write results as JSON to this file")
+    p.add_argument("--compare", action="store_true",
+                   help="the reference server and real etcd in one invocation (--db both), with their ratios")
+    p.add_argument("--store", help="store root for the results (default $ETCDPROOF_STORE or ./store)")
+    p.add_argument("--no-store", action="store_true", help="print only; keep nothing in the store")
     args = p.parse_args(argv)
+    if args.compare:
+        args.db = "both"
+    started = time.time()
     dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
     if "etcd" in dbs and not have_etcd():
         print("bench: real etcd not found (install Debian etcd-server)", file=sys.stderr)
@@ -64,10 +71,39 @@ def kv_main(argv: list[str]) -> int:
             target = TARGET_WRITES if r.op == "put" else TARGET_READS
             verdict = "meets" if r.rate >= target else "below"
             print(f"{r.db} {r.op} at {r.clients} clients: {r.rate:,.0f}/s, {verdict} the {target:,}/s target")
+    record = kv_record(results, args, started)
+    for row in record["ratios"]:
+        print(f"reference/etcd {row['op']} at {row['clients']} clients: {row['rate_ratio']:.2f}x the throughput, "
+              f"{row['p99_ratio']:.2f}x the p99" if row["rate_ratio"] is not None and row["p99_ratio"] is not None
+              else f"reference/etcd {row['op']} at {row['clients']} clients: not comparable (a zero)")
     if args.json:
         with open(args.json, "w") as f:
             f.write(results_json(results))
+    if not args.no_store:
+        from bench.results import save
+
+        print(f"stored: {save('kv', record, args.store) / 'index.html'}")
     return 0
+
+
+def kv_record(results: list, args: argparse.Namespace, started: float) -> dict:
+    """What the store keeps of a KV benchmark (bench.json): every measurement, the verdicts against
+    2k reads/s and 10k writes/s (best rate over the client counts), the reference/etcd ratios."""
+    from dataclasses import asdict
+
+    from bench.results import kv_verdict_word, kv_verdicts, ratios
+
+    rows = [asdict(r) for r in results]
+    verdicts = kv_verdicts(rows)
+    return {
+        "bench": "kv", "name": "bench-kv", "started": started, "seconds": round(time.time() - started, 1),
+        "db": args.db, "nodes": getattr(args, "nodes", None) or f"{args.cluster_size} member(s) on loopback",
+        "settings": {"clients": args.clients, "ops": args.ops, "duration": args.duration, "generator": args.generator,
+                     "cluster_size": args.cluster_size, "target": args.target, "key_size": 8, "value_size": 256},
+        "load_average": list(os.getloadavg()), "cpus": os.cpu_count(), "host": platform.node(),
+        "verdict": kv_verdict_word(verdicts), "summary": "; ".join(v["text"] for v in verdicts),
+        "verdicts": verdicts, "ratios": ratios(rows), "results": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

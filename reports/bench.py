@@ -80,8 +80,12 @@ def kv_png(data: dict) -> bytes:
     axes[1].set_yscale("log")
     axes[1].set_ylabel("p99 latency (ms)")
     axes[1].set_title("p99 latency by clients", fontsize=10)
+    counts = sorted({p["clients"] for pts in curves.values() for p in pts})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        if counts:  # the client counts measured, as plain numbers
+            ax.set_xticks(counts, [str(c) for c in counts])
+            ax.minorticks_off()
         ax.set_xlabel("clients")
         ax.grid(True, which="both", alpha=0.2)
     axes[0].set_ylim(bottom=0)
