@@ -24,7 +24,8 @@ def kv_main(argv: list[str]) -> int:
         "--generator", choices=["h2load", "python"], default="h2load" if h2load.available() else "python",
         help="h2load (C, nghttp2-client; default when installed) or python (grpc.aio worker processes)",
     )
-    p.add_argument("--cluster-size", type=int, default=1, help="members per cluster")
+    p.add_argument("--cluster-size", type=int, default=None,
+                   help="members per cluster (default 1 on loopback, every node with --nodes)")
     p.add_argument("--target", choices=["all", "leader"], default="all",
                    help="spread clients over every member (as etcd's benchmark does) or send all to the leader")
     p.add_argument("--json", help="write results as JSON to this file")
@@ -32,14 +33,64 @@ def kv_main(argv: list[str]) -> int:
                    help="the reference server and real etcd in one invocation (--db both), with their ratios")
     p.add_argument("--store", help="store root for the results (default $ETCDPROOF_STORE or ./store)")
     p.add_argument("--no-store", action="store_true", help="print only; keep nothing in the store")
+    g = p.add_argument_group("nodes (instead of members on loopback: a fresh cluster on an inventory)")
+    g.add_argument("--nodes", help="local (the embedded cluster), vagrant, or names n1,n2,n3")
+    g.add_argument("--nodes-file", help="a TOML file of nodes")
+    g.add_argument("--username", default="root", help="SSH user for --nodes names")
+    g.add_argument("--ssh-private-key", help="SSH key for --nodes names")
+    g.add_argument("--node-count", type=int, default=5, help="nodes of the embedded cluster")
+    g.add_argument("--base-dir", default="/var/lib/etcdproof", help="where nodes keep installs and data")
+    g.add_argument("--client-port", type=int, default=2379)
+    g.add_argument("--peer-port", type=int, default=2380)
+    g.add_argument("--http-port", type=int, default=2378, help="the reference server's HTTP port (metrics)")
+    g.add_argument("--etcd-bin", default="/usr/bin/etcd", help="etcd binary on the nodes")
     args = p.parse_args(argv)
     if args.compare:
         args.db = "both"
     started = time.time()
     dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
+    inv = None
+    if args.nodes or args.nodes_file:
+        from harness.inventory import InventoryError, load
+        from harness.remote import RemoteError
+
+        try:
+            inv = load(nodes=args.nodes or "local", nodes_file=args.nodes_file, username=args.username,
+                       ssh_private_key=args.ssh_private_key, node_count=args.node_count)
+        except (InventoryError, RemoteError) as e:
+            print(f"bench kv: {e}", file=sys.stderr)
+            return 2
+        try:
+            return _kv_run(args, dbs, started, inv)
+        finally:
+            inv.close()
     if "etcd" in dbs and not have_etcd():
         print("bench: real etcd not found (install Debian etcd-server)", file=sys.stderr)
         return 2
+    return _kv_run(args, dbs, started, None)
+
+
+def _kv_cluster(db: str, args: argparse.Namespace, tmp: str, inv):
+    """Members on loopback (LocalCluster), or a fresh cluster on the inventory's nodes."""
+    if inv is None:
+        return LocalCluster(db, os.path.join(tmp, db), size=args.cluster_size or 1).start()
+    from bench.kvcluster import InventoryCluster
+    from harness.db import DBConfig
+
+    cfg = DBConfig(base_dir=args.base_dir, client_port=args.client_port, peer_port=args.peer_port,
+                   http_port=args.http_port, etcd_bin=args.etcd_bin)
+    cluster = InventoryCluster(db, inv, cfg, size=args.cluster_size)
+    try:
+        return cluster.start()
+    except BaseException:
+        cluster.stop()  # whatever started is stopped
+        raise
+
+
+def _kv_run(args: argparse.Namespace, dbs: list[str], started: float, inv) -> int:
+    from harness.db import DBError
+    from harness.remote import RemoteError
+
     clients = [int(c) for c in args.clients.split(",")]
     ops = args.ops.split(",")
     results = []
@@ -49,10 +100,15 @@ def kv_main(argv: list[str]) -> int:
     print(TABLE_HEAD)
     with tempfile.TemporaryDirectory(prefix="etcdproof-bench-") as tmp:
         for db in dbs:
-            cluster = LocalCluster(db, os.path.join(tmp, db), size=args.cluster_size).start()
+            try:
+                cluster = _kv_cluster(db, args, tmp, inv)
+            except (DBError, RemoteError) as e:
+                print(f"bench kv: {e}", file=sys.stderr)
+                return 2
             try:
                 m = cluster.leader()
-                label = db if args.cluster_size == 1 else f"{db} x{args.cluster_size}"
+                size = len(cluster.members)
+                label = db if size == 1 else f"{db} x{size}"
                 prepare(m.endpoint)
                 for op in ops:
                     for c in clients:
@@ -72,6 +128,8 @@ def kv_main(argv: list[str]) -> int:
             verdict = "meets" if r.rate >= target else "below"
             print(f"{r.db} {r.op} at {r.clients} clients: {r.rate:,.0f}/s, {verdict} the {target:,}/s target")
     record = kv_record(results, args, started)
+    if inv is not None:
+        record["nodes"] = f"{inv.kind}: {', '.join(f'{n.name} ({n.ip})' for n in inv.nodes[: args.cluster_size or None])}"
     for row in record["ratios"]:
         print(f"reference/etcd {row['op']} at {row['clients']} clients: {row['rate_ratio']:.2f}x the throughput, "
               f"{row['p99_ratio']:.2f}x the p99" if row["rate_ratio"] is not None and row["p99_ratio"] is not None
@@ -99,7 +157,7 @@ def kv_record(results: list, args: argparse.Namespace, started: float) -> dict:
         "bench": "kv", "name": "bench-kv", "started": started, "seconds": round(time.time() - started, 1),
         "db": args.db, "nodes": getattr(args, "nodes", None) or f"{args.cluster_size} member(s) on loopback",
         "settings": {"clients": args.clients, "ops": args.ops, "duration": args.duration, "generator": args.generator,
-                     "cluster_size": args.cluster_size, "target": args.target, "key_size": 8, "value_size": 256},
+                     "cluster_size": args.cluster_size or 1, "target": args.target, "key_size": 8, "value_size": 256},
         "load_average": list(os.getloadavg()), "cpus": os.cpu_count(), "host": platform.node(),
         "verdict": kv_verdict_word(verdicts), "summary": "; ".join(v["text"] for v in verdicts),
         "verdicts": verdicts, "ratios": ratios(rows), "results": rows,

@@ -72,3 +72,32 @@ def test_bench_kv_briefly_against_both_targets(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r.json").read_text()) == data["results"]
     index = (tmp_path / "index.html").read_text()
     assert f'href="{d.relative_to(tmp_path).as_posix()}/index.html"' in index and 'data-workload="bench-kv"' in index
+
+
+@pytest.mark.skipif(not h2load.available(), reason="h2load not installed (Debian nghttp2-client)")
+def test_bench_kv_on_inventory_nodes(embedded_cluster, tmp_path: Path) -> None:
+    """--nodes: a fresh etcd member on an embedded-cluster node (its own base dir and ports), load
+    from here over the bridge, the server's CPU read from /proc (the node shares this kernel)."""
+    import os
+    import random
+
+    port = random.Random(os.getpid() ^ 0xBE7C).randrange(20_000, 29_000, 10)
+    base = f"/tmp/etcdproof-bench-kv-{os.getpid()}"
+    try:
+        out = subprocess.run([str(ETCDPROOF), "bench", "kv", "--nodes", "local", "--node-count", "1", "--db", "etcd",
+                              "--clients", "1,4", "--ops", "put", "--duration", "1", "--base-dir", base,
+                              "--client-port", str(port), "--peer-port", str(port + 1), "--http-port", str(port + 2),
+                              "--store", str(tmp_path)], capture_output=True, text=True, timeout=180)
+        # the member was started and is stopped (dead or a zombie: the remote's own test of a daemon)
+        r = embedded_cluster.remotes["n1"]
+        assert r.run(f"test -s {base}/nodes/n1/server.pid", check=False).exit == 0
+        assert r.daemon_pid(f"{base}/nodes/n1/server.pid") is None
+    finally:
+        embedded_cluster.remotes["n1"].run(f"rm -rf {base}", check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| etcd \| put \| (\d+) \| ([\d,]+) \| .* \| ([\d.]+) \| ([\d.]+) \| [\d /]+ \|$", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["1", "4"] and all(int(r[1].replace(",", "")) > 0 for r in rows)
+    assert all(float(r[3]) > 0 for r in rows)  # server CPU measured
+    data = json.loads(next((tmp_path / "bench-kv").glob("2*/bench.json")).read_text())
+    ip = embedded_cluster.nodes[0].ip
+    assert data["nodes"].endswith(f"n1 ({ip})") and len(data["results"]) == 2
