@@ -88,6 +88,7 @@ class FaultPeriod:
     nodes: list[str] = field(default_factory=list)
     detail: Any = None
     error: str | None = None
+    outcome: str = OK  # of the start op: ok, fail (refused: it did not happen), info (it may have)
 
 
 def fault_periods(history: list[Op]) -> list[FaultPeriod]:
@@ -101,7 +102,7 @@ def fault_periods(history: list[Op]) -> list[FaultPeriod]:
         t = op.time / 1e9
         if kind == "start":
             nodes = op.value.get("nodes", []) if isinstance(op.value, dict) else []
-            p = FaultPeriod(name, t, None, op.type == OK, list(nodes), op.value, op.error)
+            p = FaultPeriod(name, t, None, op.type == OK, list(nodes), op.value, op.error, op.type)
             out.append(p)
             if p.applied or op.type == INFO:
                 open_[name] = p

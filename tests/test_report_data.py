@@ -74,7 +74,7 @@ def test_fault_periods_pair_starts_with_stops_and_keep_refusals() -> None:
     got = fault_periods(h)
     assert [(f.name, f.start, f.end, f.applied, f.nodes) for f in got] == [
         ("kill", 1.5, 4.2, True, ["n2"]), ("clock", 2.1, None, False, []), ("pause", 5.1, None, True, ["n1"])]
-    assert got[1].error == "no leader"
+    assert got[1].error == "no leader" and (got[0].outcome, got[1].outcome) == (OK, FAIL)
 
 
 def test_clock_samples_from_bumps_strobes_and_resets() -> None:

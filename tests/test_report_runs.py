@@ -138,3 +138,26 @@ def test_report_command_and_the_index(store: Path, capsys) -> None:
         rel = run_dir(store, kind).relative_to(store).as_posix()
         assert f'href="{rel}/index.html"' in html and f'href="{rel}/history.jsonl"' in html
     assert '<option>INVALID</option>' in html and '<option>etcd</option>' in html
+
+
+def test_refused_faults_say_why(tmp_path: Path) -> None:
+    """A fault the nodes cannot take is listed as not applied, with the reason, and not shaded."""
+    from checker.history import FAIL, INVOKE, OK, HistoryWriter, Op
+    from harness import store as st
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / st.HISTORY, "w") as f:
+        w = HistoryWriter(f)
+        for op in (Op(0, 0, INVOKE, "read", key="k", time=0), Op(0, NEMESIS, INVOKE, "start-clock", time=10**8),
+                   Op(0, NEMESIS, FAIL, "start-clock", time=2 * 10**8, error="refused: real etcd is a Go binary",
+                      extra={"permanent": True}),
+                   Op(0, 0, OK, "read", key="k", value=1, time=3 * 10**8, node="n1")):
+            w.write(op)
+    st.write_json(run / st.TEST_JSON, {"name": "refusals", "spec": {"workload": "register", "db": "etcd"},
+                                       "nemesis": ["clock"], "refused_faults": {"clock": "real etcd is a Go binary"}})
+    st.write_json(run / st.RESULTS, {"valid": True, "checkers": {"stats": {"valid": True, "reason": "1 ok"}}})
+    html = render_run(run).read_text()
+    assert "<td>clock</td>" in html and "<td>no: refused: real etcd is a Go binary</td>" in html
+    assert "Refused fault classes: <b>clock</b>: real etcd is a Go binary" in html
+    assert 'class="span"' not in html  # nothing shaded in the timeline
