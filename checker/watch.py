@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from checker.history import FAIL, OK, Op, pairs
+from checker.history import FAIL, NEMESIS, OK, Op, pairs
 
 SHOWN = 20
 WRITES = ("put", "mput", "delete")
@@ -411,6 +411,26 @@ def resume_gaps(streams: list[Stream]) -> int:
     return gaps
 
 
+def compactions_in(history: list[Op]) -> list[tuple[int, int]]:
+    """(index of the invoke, revision compacted to) of every compaction that happened: the
+    workload's `compact` ops and the admin nemesis's (whose evidence names `compacted_to`)."""
+    out, started = [], {}
+    for op in history:
+        if op.type == "invoke":
+            started[(op.process, op.f)] = op.index
+            continue
+        if op.type != OK:
+            continue
+        at = started.get((op.process, op.f), op.index)
+        if op.f == "compact" and isinstance(op.value, int):
+            out.append((at, op.value))
+        elif op.process == NEMESIS and isinstance(op.value, dict) and isinstance(op.value.get("compact"), dict):
+            rev = op.value["compact"].get("compacted_to")
+            if isinstance(rev, int):
+                out.append((at, rev))
+    return out
+
+
 def check(history: list[Op]) -> dict:
     f = Findings()
     streams: list[Stream] = []
@@ -423,8 +443,7 @@ def check(history: list[Op]) -> dict:
         elif inv.f == "read" and comp.extra.get("final"):
             reads.append(comp)
     writes = collect_writes(history)
-    compactions = [(op.index, op.value) for op in history if op.f == "compact" and op.type == OK
-                   and isinstance(op.value, int)]
+    compactions = compactions_in(history)
     for s in streams:
         s.floor = max((c for i, c in compactions if i < s.op.index), default=0)
     finals = [s for s in streams if s.final]
