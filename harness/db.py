@@ -38,6 +38,7 @@ class DBError(Exception):
 @dataclass
 class DBConfig:
     base_dir: str = "/var/lib/etcdproof"
+    nodes_dir: str = ""  # where node data and logs live (default base_dir/nodes); installs stay in base_dir
     client_port: int = 2379
     peer_port: int = 2380
     http_port: int = 2378  # the reference server's HTTP gateway (etcd serves it on the client port)
@@ -66,7 +67,7 @@ class DB:
 
     # ------------------------------------------------------------ layout
     def node_dir(self, n: Node) -> str:
-        return f"{self.cfg.base_dir}/nodes/{n.name}"
+        return f"{self.cfg.nodes_dir or self.cfg.base_dir + '/nodes'}/{n.name}"
 
     def data_dir(self, n: Node) -> str:
         return self.data_dirs.get(n.name) or f"{self.node_dir(n)}/data"
@@ -160,10 +161,15 @@ class DB:
         self.remotes[n.name].run(f"rm -rf {shlex.quote(self.data_dir(n))}", timeout=60)
 
     def healthy(self, n: Node, timeout: float = 2.0) -> bool:
+        """The member knows a leader and serves a linearizable read (it has caught up enough to
+        confirm the leader's commit index), as clients will need."""
         try:
             with grpc.insecure_channel(self.client_endpoint(n)) as ch:
                 st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=timeout)
-                return st.leader != 0
+                if st.leader == 0:
+                    return False
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"etcdproof/health"), timeout=timeout)
+                return True
         except grpc.RpcError:
             return False
 

@@ -143,8 +143,23 @@ def session_ports(config: pytest.Config) -> tuple[int, int, int]:
     return config._etcdproof_ports  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def etcdproof_nodes_dir(etcdproof_inventory):
+    """Where this session's servers keep data and logs on the nodes: a directory of its own, so
+    concurrent sessions on one cluster never share one (installs are shared); removed afterwards."""
+    import shlex
+
+    path = f"/var/lib/etcdproof/runs/pytest-{os.getpid()}"
+    yield path
+    for n in etcdproof_inventory.nodes:
+        try:
+            etcdproof_inventory.remotes[n.name].run(f"rm -rf {shlex.quote(path)}", timeout=60, check=False)
+        except Exception:  # noqa: BLE001 - an unreachable node keeps its leftovers; the next wipe takes them
+            pass
+
+
 @pytest.fixture
-def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, tmp_path_factory) -> Callable:
+def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, etcdproof_nodes_dir, tmp_path_factory) -> Callable:
     """run(workload=..., db=..., nemesis=[...], time_limit=..., nodes=k, **spec) -> Outcome."""
     from harness import store
     from harness.db import DBConfig, make_db
@@ -163,7 +178,7 @@ def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, tmp_path_
                         time_limit=limit, seed=kw.pop("seed", random.randrange(1, 2**31)), **kw)
         chosen = inv.nodes[: nodes or len(inv.nodes)]
         remotes = {n.name: inv.remotes[n.name] for n in chosen}
-        cfg = DBConfig(client_port=client, peer_port=peer, http_port=http)
+        cfg = DBConfig(client_port=client, peer_port=peer, http_port=http, nodes_dir=etcdproof_nodes_dir)
         target = make_db(db, chosen, remotes, cfg)
         run_dir = store.new_run_dir(Path(root), spec.test_name())
         runner = Runner(spec, chosen, remotes, target, workloads.build(workload), nemeses.build(spec.nemesis),
