@@ -9,6 +9,7 @@ import tempfile
 import time
 
 from bench import h2load
+from bench.nodes import add_node_args, load_nodes
 from bench.kv import TABLE_HEAD, TARGET_READS, TARGET_WRITES, prepare, results_json, run_h2load_load, run_load
 from harness.localproc import LocalCluster, have_etcd
 
@@ -33,33 +34,21 @@ def kv_main(argv: list[str]) -> int:
                    help="the reference server and real etcd in one invocation (--db both), with their ratios")
     p.add_argument("--store", help="store root for the results (default $ETCDPROOF_STORE or ./store)")
     p.add_argument("--no-store", action="store_true", help="print only; keep nothing in the store")
-    g = p.add_argument_group("nodes (instead of members on loopback: a fresh cluster on an inventory)")
-    g.add_argument("--nodes", help="local (the embedded cluster), vagrant, or names n1,n2,n3")
-    g.add_argument("--nodes-file", help="a TOML file of nodes")
-    g.add_argument("--username", default="root", help="SSH user for --nodes names")
-    g.add_argument("--ssh-private-key", help="SSH key for --nodes names")
-    g.add_argument("--node-count", type=int, default=5, help="nodes of the embedded cluster")
-    g.add_argument("--base-dir", default="/var/lib/etcdproof", help="where nodes keep installs and data")
-    g.add_argument("--client-port", type=int, default=2379)
-    g.add_argument("--peer-port", type=int, default=2380)
-    g.add_argument("--http-port", type=int, default=2378, help="the reference server's HTTP port (metrics)")
-    g.add_argument("--etcd-bin", default="/usr/bin/etcd", help="etcd binary on the nodes")
+    add_node_args(p, "instead of members on loopback: a fresh cluster on an inventory")
+    p.add_argument("--client-port", type=int, default=2379, help="with --nodes")
+    p.add_argument("--peer-port", type=int, default=2380, help="with --nodes")
+    p.add_argument("--http-port", type=int, default=2378, help="with --nodes: the reference server's HTTP port (metrics)")
+    p.add_argument("--etcd-bin", default="/usr/bin/etcd", help="with --nodes: etcd binary on the nodes")
     args = p.parse_args(argv)
     if args.compare:
         args.db = "both"
     started = time.time()
     dbs = ["reference", "etcd"] if args.db == "both" else [args.db]
-    inv = None
-    if args.nodes or args.nodes_file:
-        from harness.inventory import InventoryError, load
-        from harness.remote import RemoteError
-
-        try:
-            inv = load(nodes=args.nodes or "local", nodes_file=args.nodes_file, username=args.username,
-                       ssh_private_key=args.ssh_private_key, node_count=args.node_count)
-        except (InventoryError, RemoteError) as e:
-            print(f"bench kv: {e}", file=sys.stderr)
-            return 2
+    try:
+        inv = load_nodes(args, "bench kv")
+    except SystemExit as e:
+        return int(e.code or 2)
+    if inv is not None:
         try:
             return _kv_run(args, dbs, started, inv)
         finally:

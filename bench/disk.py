@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from bench.fio import FioError, FioFailed, Job, JobSpec, run as run_fio
+from bench.nodes import add_node_args, load_nodes
 from harness.remote import Remote, RemoteError
 
 ETCD_P99_FDATASYNC_MS = 10.0
@@ -257,13 +258,7 @@ def default_dir(base_dir: str) -> str:
 
 def disk_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="etcdproof bench disk", description=__doc__.split("\n\n")[0])
-    p.add_argument("--nodes", help="check these nodes' data-directory disks (local, vagrant, n1,n2,...); "
-                                   "default: this machine")
-    p.add_argument("--nodes-file", help="a TOML file of nodes")
-    p.add_argument("--username", default="root", help="SSH user for --nodes names")
-    p.add_argument("--ssh-private-key", help="SSH key for --nodes names")
-    p.add_argument("--node-count", type=int, default=5, help="nodes of the embedded cluster (--nodes local)")
-    p.add_argument("--base-dir", default="/var/lib/etcdproof", help="where nodes keep their data (as etcdproof test)")
+    add_node_args(p, "check each node's data-directory disk; default: this machine")
     p.add_argument("--dir", help="check the disk under this directory instead (on every node)")
     p.add_argument("--wal-size", default="22m", help="bytes written by the WAL check (fio size; default 22m)")
     p.add_argument("--read-size", default="64m", help="file size of the random-read check")
@@ -277,17 +272,12 @@ def disk_main(argv: list[str]) -> int:
     settings = Settings(wal_size=args.wal_size, read_size=args.read_size, read_runtime=args.read_runtime,
                         batch=not args.no_batch)
     started = time.time()
-    inv = None
     try:
-        if args.nodes or args.nodes_file:
-            from harness.inventory import InventoryError, load
-
-            try:
-                inv = load(nodes=args.nodes or "local", nodes_file=args.nodes_file, username=args.username,
-                           ssh_private_key=args.ssh_private_key, node_count=args.node_count)
-            except (InventoryError, RemoteError) as e:
-                print(f"bench disk: {e}", file=sys.stderr)
-                return 2
+        inv = load_nodes(args, "bench disk")
+    except SystemExit as e:
+        return int(e.code or 2)
+    try:
+        if inv is not None:
             targets = [(n.name, inv.remotes[n.name], args.dir or f"{args.base_dir}/nodes/{n.name}") for n in inv.nodes]
         else:
             from harness.inventory import Node

@@ -142,7 +142,7 @@ def verdict_word(v: Any) -> str:
 def parameter_rows(test: dict) -> list[tuple[str, Any]]:
     """The test's parameters as given (its spec), and the workers it ran."""
     spec = test.get("spec", {})
-    rows: list[tuple[str, Any]] = [(k, spec[k]) for k in sorted(spec)]
+    rows: list[tuple[str, Any]] = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in sorted(spec.items())]
     rows.append(("workers (concurrency)", test.get("concurrency")))
     return [(k, v) for k, v in rows if v not in (None, "")]
 

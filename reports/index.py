@@ -111,7 +111,7 @@ def _read(p: Path) -> dict:
 def scan(root: Path) -> list[IndexRow]:
     """Every run (a directory with test.json) and benchmark (with bench.json) two levels down."""
     rows = []
-    for d in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.is_symlink()):
+    for d in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.is_symlink() and not p.parent.is_symlink()):
         present = {p.name for p in d.iterdir()} if d.exists() else set()
         rel = d.relative_to(root).as_posix()
         if "test.json" in present:

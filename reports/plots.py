@@ -58,13 +58,15 @@ def _run_end(ops: list[Completed], faults: list[FaultPeriod]) -> float:
 def latency_png(ops: list[Completed], faults: list[FaultPeriod], title: str = "") -> bytes:
     """Every op at its invocation time and latency (log scale), coloured by outcome."""
     fig, ax = plt.subplots(figsize=(11, 4.2), dpi=100)
-    shade_faults(ax, faults, _run_end(ops, faults))
+    end = _run_end(ops, faults)
+    shade_faults(ax, faults, end)
     for typ in ("ok", "fail", "info"):
         pts = [o for o in ops if o.type == typ]
         if pts:
             ax.scatter([o.start for o in pts], [max(o.latency * 1000, 0.01) for o in pts], s=5,
                        c=COLORS[typ], label=f"{typ} ({len(pts)})", alpha=0.7, linewidths=0)
     ax.set_yscale("log")
+    ax.set_xlim(0, end)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("latency (ms)")
     return _finish(fig, ax, title or "latency of every op, by outcome")

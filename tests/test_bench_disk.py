@@ -105,6 +105,10 @@ def test_fio_failures_and_bad_directories_are_one_clear_line(tmp_path: Path) -> 
     out = subprocess.run([str(ETCDPROOF), "bench", "disk", "--dir", "/no/such/dir", "--no-store"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is not a writable directory" in out.stderr
+    for cmd in (["disk"], ["kv"]):  # an inventory that cannot be read: one line, nothing run
+        out = subprocess.run([str(ETCDPROOF), "bench", *cmd, "--nodes-file", str(tmp_path / "none.toml"), "--no-store"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stderr.startswith(f"bench {cmd[0]}: ") and out.stderr.count("\n") == 1, out.stderr
 
 
 def job(p99_ms: float, mean_ms: float, iops: float, name: str = "wal") -> fio.Job:

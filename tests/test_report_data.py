@@ -104,8 +104,9 @@ def test_completed_ops_and_history_pairs() -> None:
 
 
 def test_parameter_rows_are_the_spec_and_the_workers() -> None:
-    rows = parameter_rows({"spec": {"workload": "register", "rate": 10, "name": ""}, "concurrency": 6})
-    assert rows == [("rate", 10), ("workload", "register"), ("workers (concurrency)", 6)]
+    rows = parameter_rows({"spec": {"workload": "register", "rate": 10, "name": "", "nemesis": ["kill", "clock"]},
+                           "concurrency": 6})
+    assert rows == [("nemesis", "kill, clock"), ("rate", 10), ("workload", "register"), ("workers (concurrency)", 6)]
 
 
 # ------------------------------------------------------------------ timeline
