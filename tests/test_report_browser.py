@@ -198,6 +198,11 @@ async def browse(urls: list[str], tmp: Path, index: str) -> dict[str, dict]:
                             " i.naturalWidth, i.naturalHeight]))"),
                         "bands": await page.evaluate("document.querySelectorAll('.tl.band').length"),
                         "boxes": await page.evaluate("document.querySelectorAll('a.op').length"),
+                        # a failing band is scrolled so that the end of its prefix is in view
+                        "cut_in_view": await page.evaluate(
+                            "Array.from(document.querySelectorAll('.band .scroll')).filter(s => s.querySelector('.cut'))"
+                            ".map(s => { const c = s.querySelector('.cut').getBoundingClientRect(),"
+                            " v = s.getBoundingClientRect(); return c.left >= v.left && c.left <= v.right; })"),
                     }
                     if url == index:  # do the filters filter?
                         out[url]["filtered"] = await page.evaluate(
@@ -240,6 +245,7 @@ def test_pages_render_in_a_real_browser(store: Path, server: str, tmp_path: Path
             assert complete and w > 100 and h > 100, (name, src, w, h)
     assert got[urls["invalid"]]["title"] == "fixture-invalid: INVALID"
     assert got[urls["invalid"]]["bands"] >= 2  # the failing partition, and those that passed
+    assert got[urls["invalid"]]["cut_in_view"] == [True]
     assert got[urls["valid"]]["boxes"] > 100  # the timeline's ops
     assert got[urls["history"]]["title"] == "fixture-invalid: history"
     shown, text = got[urls["index"]]["filtered"]
