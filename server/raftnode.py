@@ -34,10 +34,11 @@ log = logging.getLogger("etcdproof.raft")
 ConfChange = raft_pb2.ConfChange
 HardState = raft_pb2.HardState
 SNAPSHOT_CATCHUP_ENTRIES = 5000  # entries kept after a snapshot for slow followers (etcd's figure)
-_EARLY = (MsgType.APP, MsgType.HEARTBEAT)
+_EARLY = (MsgType.APP, MsgType.HEARTBEAT)  # a leader's, with other voters: before its own write
+_FORWARDS = (MsgType.PROP, MsgType.READ_INDEX)  # requests relayed to the leader: promise nothing
 READ_BATCH_WINDOW = 0.005
 PROPOSE_BATCH_WINDOW = 0.002  # under write load, proposals wait this long for more to join
-PROPOSE_BATCH_MAX = 512  # under read load, a ReadIndex waits this long for more reads to join
+PROPOSE_BATCH_MAX = 512  # proposals that go at once, without waiting out the window
 READ_RETRY = 0.5  # seconds before an unanswered ReadIndex is asked again (etcd's figure)
 READY_PACE = 0.002  # under load, the next Ready waits until this long after the previous one
 
@@ -300,10 +301,13 @@ class RaftNode:
     async def _handle_ready(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
         # a leader with other voters may send appends and heartbeats before its own write (Raft
-        # thesis 10.2.1); a lone voter commits in memory, so its messages to learners must wait
+        # thesis 10.2.1); a lone voter commits in memory, so its messages to learners must wait.
+        # Forwarded proposals and read requests promise nothing about this node's log: they never
+        # wait for its disk.
         leader = self.raft.role == Role.LEADER and len(self.raft.voters) > 1
-        early = [m for m in rd.messages if leader and m.type in _EARLY] if leader else []
-        late = [m for m in rd.messages if not (leader and m.type in _EARLY)] if leader else rd.messages
+        kinds = _EARLY + _FORWARDS if leader else _FORWARDS
+        early = [m for m in rd.messages if m.type in kinds]
+        late = [m for m in rd.messages if m.type not in kinds] if early else rd.messages
         # committed entries this member persisted in earlier Readys are applied (and their
         # clients answered) now, while this Ready's entries are written: the disk write is then
         # off the answer's path (as etcd hands committed entries to its applier before saving)

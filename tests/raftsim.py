@@ -426,13 +426,17 @@ class Sim:
         crash_at = self.rng.choice(("before-persist", "after-persist", "after-send")) \
             if self.rng.random() < f.ready_crash else None
         msgs = rd.messages
-        if r.role == Role.LEADER and (len(r.voters) > 1 or f.early_alone) and self.rng.random() < f.early:
-            # a leader may send appends and heartbeats before persisting (as the server does;
-            # Raft thesis 10.2.1), but not as the only voter: it then elects itself and commits
-            # in memory, so those messages could carry a term and a commit index it has not
-            # persisted (tests/raft/testdata/early-send.txt)
-            early = [m for m in msgs if m.type in (MsgType.APP, MsgType.HEARTBEAT)]
-            msgs = [m for m in msgs if m.type not in (MsgType.APP, MsgType.HEARTBEAT)]
+        if self.rng.random() < f.early:
+            # forwarded proposals and reads promise nothing about the sender's log, and a leader
+            # may send appends and heartbeats before persisting (as the server does; Raft thesis
+            # 10.2.1), but not as the only voter: it then elects itself and commits in memory, so
+            # those messages could carry a term and a commit index it has not persisted
+            # (tests/raft/testdata/early-send.txt)
+            kinds = (MsgType.PROP, MsgType.READ_INDEX)
+            if r.role == Role.LEADER and (len(r.voters) > 1 or f.early_alone):
+                kinds += (MsgType.APP, MsgType.HEARTBEAT)
+            early = [m for m in msgs if m.type in kinds]
+            msgs = [m for m in msgs if m.type not in kinds]
             for m in early:
                 self.send(m, node)
         n_pre = 0
