@@ -35,6 +35,7 @@ QUEUE_LIMIT = 4096
 QUEUE_BYTES = 64 << 20  # per peer: a stalled peer costs at most this much memory
 CHUNK = 256 * 1024
 WRITE_COALESCE = 1 << 20  # queued frames joined into one socket write, up to this many bytes
+DIRECT_MAX = 256 * 1024  # below this much unsent, frames are written at once, not queued
 RPC_OK, RPC_ERR = 0, 1
 
 
@@ -105,9 +106,17 @@ class _Peer:
         self.queued_bytes = 0
         self.calls: dict[int, asyncio.Future] = {}
         self.connected = False
+        self._writer: asyncio.StreamWriter | None = None  # set while connected
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{pid:x}")
 
     def enqueue(self, data: bytes) -> bool:
+        w = self._writer
+        if (w is not None and self.q.empty() and not w.transport.is_closing()
+                and w.transport.get_write_buffer_size() < DIRECT_MAX):
+            # nothing queued and the socket keeps up: write now (the writer task would only
+            # do the same a loop round later); order is kept, since the queue is empty
+            w.write(data)
+            return True
         if self.queued_bytes + len(data) > QUEUE_BYTES:
             return False
         try:
@@ -116,6 +125,14 @@ class _Peer:
             return False
         self.queued_bytes += len(data)
         return True
+
+    def _nudge(self, writer: asyncio.StreamWriter) -> None:
+        if self._writer is writer:
+            self._writer = None
+        try:
+            self.q.put_nowait(b"")
+        except asyncio.QueueFull:
+            pass  # the task is busy with the queue and will see the connection gone
 
     def _take(self) -> bytes:
         data = self.q.get_nowait()
@@ -153,10 +170,19 @@ class _Peer:
             backoff = 0.05
             self.connected = True
             resp_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
+            # the connection ending must wake this task even when every frame was written
+            # directly (the queue then never fills): an empty frame is the signal
+            resp_task.add_done_callback(lambda _, w=writer: self._nudge(w))
+            if not writer.transport.is_closing():
+                self._writer = writer
             try:
                 while True:
                     data = await self.q.get()
                     self.queued_bytes -= len(data)
+                    if not data:
+                        if resp_task.done():
+                            raise ConnectionError("connection closed by peer")
+                        continue
                     # everything queued meanwhile goes in one write: one syscall, one wakeup of
                     # the peer, however many frames
                     if not self.q.empty():
@@ -175,6 +201,7 @@ class _Peer:
                 self.connected = False
                 self.t.report_unreachable(self.id)
             finally:
+                self._writer = None
                 resp_task.cancel()
                 writer.close()
                 self._fail_calls("connection lost")
