@@ -200,7 +200,7 @@ class Applier:
         return errors.unimplemented("this request type")
 
     def _publish(self, txn) -> int:
-        res = txn.end()
+        res = txn.end(events=self.hub.wants_events())
         if res.events:
             self.hub.notify(res.rev, res.events)
         return res.rev

@@ -158,6 +158,11 @@ class WatchHub:
         return sum(len(s) for s in self._keyed.values()) + len(self._ranged), len(self._unsynced)
 
     # ------------------------------------------------------------ delivery
+    def wants_events(self) -> bool:
+        """Whether notify would deliver anything (a synced watcher exists): else writers need
+        not make events (unsynced watchers catch up from history, not from notify)."""
+        return bool(self._keyed or self._ranged)
+
     def notify(self, rev: int, events: list[Event]) -> None:
         """A write transaction at rev produced events: push them to synced watchers."""
         batches: dict[Watcher, list[Event]] = {}

@@ -218,6 +218,27 @@ def test_watch_from_the_past_replays_history_then_goes_synced(kv: KVStore) -> No
     assert s.events(5)[-1] == (r, "put", b"a", b"new")
 
 
+def test_writes_skip_events_only_while_no_synced_watcher_needs_them(kv: KVStore) -> None:
+    """The applier asks the hub before making events: none for writes nobody watches, yet a
+    watcher started later from an older revision still gets them (from history), and once a
+    watcher is synced writes make events again."""
+    hub = make_hub(kv)
+    assert not hub.wants_events()
+    t = kv.write()
+    t.put(b"a", b"1")
+    res = t.end(events=hub.wants_events())
+    assert res.events == [] and res.rev == 2 == kv.current_rev
+    s = ListSink()
+    hub.watch(s, 7, b"a", None, 1)
+    assert not hub.wants_events()  # unsynced: it reads history, not events
+    assert hub.sync() is False and hub.wants_events()
+    assert s.events(7) == [(2, "put", b"a", b"1")]
+    t = kv.write()
+    t.put(b"a", b"2")
+    res = t.end(events=hub.wants_events())
+    assert [e.kv.value for e in res.events] == [b"2"]
+
+
 def test_watch_starting_in_the_future_waits_for_its_revision(kv: KVStore) -> None:
     hub = make_hub(kv)
     s = ListSink()

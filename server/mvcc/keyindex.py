@@ -101,7 +101,10 @@ class KeyIndex:
         g = self._find_generation(at_main)
         if g is None:
             return None
-        i = bisect_right(g.revs, Revision(at_main, 1 << 62)) - 1
+        revs = g.revs
+        if revs[-1].main <= at_main:  # the latest state (every write asks this): no search
+            return revs[-1], g.created, g.ver
+        i = bisect_right(revs, Revision(at_main, 1 << 62)) - 1
         if i < 0:
             return None
         return g.revs[i], g.created, g.version_at(i)

@@ -358,14 +358,17 @@ class WriteTxn:
             self.changes.append((kv, True))
         return prevs
 
-    def end(self) -> TxnResult:
-        """Finish: bump the store revision if anything changed; return the watch events."""
+    def end(self, events: bool = True) -> TxnResult:
+        """Finish: bump the store revision if anything changed; return the watch events (none
+        when not asked for: with no watcher to tell, the caller skips making them)."""
         if self.ended:
             raise RuntimeError("write txn ended twice")
         self.ended = True
         if not self.changes:
             return TxnResult(rev=self.store.current_rev)
         self.store.current_rev = self.rev
+        if not events:
+            return TxnResult(rev=self.rev)
         events = []
         for kv, deleted in self.changes:
             if deleted:
