@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml setup.py $(PROTOS)
 deps: system-deps $(STAMP)
 
 test: deps
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" --durations=25
 
 # long soak and benchmark-like tests; exit code 5 means none are marked slow yet
 test-slow: deps
