@@ -26,10 +26,10 @@ from typing import Any, Callable
 from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, load_history
 from harness import store
 from harness.client import ClientError, EtcdClient
-from harness.db import DB
+from harness.db import DB, DBError
 from harness.generator import OpTemplate
 from harness.inventory import Node
-from harness.remote import Remote
+from harness.remote import Remote, RemoteError
 from nemesis.base import Nemesis, NemesisContext
 from nemesis.schedule import Schedule
 from workloads.base import Workload
@@ -66,11 +66,14 @@ class Outcome:
     valid: Any  # True, False or "unknown"
     results: dict
     interrupted: bool = False
+    error: str | None = None  # the run could not go on (setup failed, ...): one line
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
+        if self.error:
+            return 2
         return {True: 0, False: 1}.get(self.valid, 2)
 
 
@@ -248,6 +251,7 @@ class Runner:
         self._versions: dict[str, str] = {}
         self.write_test_json()
         interrupted = healed = False
+        error: str | None = None
         ticker = asyncio.create_task(self._report_progress())
         try:
             for nem in self.nemeses:  # faults that shape how servers start (clock, lost-writes): before setup
@@ -286,6 +290,9 @@ class Runner:
             await self.recovery()
         except asyncio.CancelledError:
             interrupted = True
+        except Exception as e:  # noqa: BLE001 - faults healed and servers stopped below, then said
+            log.debug("run failed", exc_info=True)
+            error = str(e) if isinstance(e, (DBError, RemoteError)) else f"{type(e).__name__}: {e}"
         finally:
             ticker.cancel()
             self.progress.phase = "teardown"
@@ -294,7 +301,7 @@ class Runner:
                 await asyncio.shield(self.schedule.heal_all())
             await asyncio.shield(asyncio.to_thread(self.teardown))
             self._hist_file.close()
-        return self.finish(interrupted)
+        return self.finish(interrupted, error)
 
     def teardown(self) -> None:
         for n in self.nodes:
@@ -310,15 +317,18 @@ class Runner:
                 except Exception as e:  # noqa: BLE001 - every fault class gets its teardown
                     log.warning("%s: nemesis teardown failed: %s", nem.name, e)
 
-    def finish(self, interrupted: bool) -> Outcome:
+    def finish(self, interrupted: bool, error: str | None = None) -> Outcome:
         history = load_history(str(self.run_dir / store.HISTORY))
         if interrupted:
             results = {"valid": "unknown", "checkers": {}, "interrupted": True,
                        "reason": "interrupted before the run completed; not checked"}
+        elif error:
+            results = {"valid": "unknown", "checkers": {}, "error": error,
+                       "reason": f"the run could not complete: {error}"}
         else:
             results = run_checkers(self.workload, history)
         store.write_json(self.run_dir / store.RESULTS, results)
-        self.write_test_json({"ended": time.time(), "interrupted": interrupted,
+        self.write_test_json({"ended": time.time(), "interrupted": interrupted, "error": error,
                               "refused_faults": self.schedule.refused})
         try:
             from reports.index import update
@@ -328,7 +338,7 @@ class Runner:
             update(self.run_dir.parent.parent)  # store/index.html lists every run
         except Exception as e:  # noqa: BLE001 - the verdict stands without its report
             log.exception("rendering the report failed: %s", e)
-        return Outcome(self.run_dir, results["valid"], results, interrupted)
+        return Outcome(self.run_dir, results["valid"], results, interrupted, error)
 
 
 def run_sync(runner: Runner) -> Outcome:

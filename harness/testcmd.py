@@ -128,6 +128,8 @@ def run_one(args: argparse.Namespace, workload_name: str) -> Outcome:
 def summary(o: Outcome) -> str:
     word = {True: "valid", False: "INVALID"}.get(o.valid, "unknown")
     lines = [f"{'interrupted' if o.interrupted else word}: {o.run_dir / store.REPORT}"]
+    if o.error:
+        lines.append(f"  could not complete: {o.error}")
     for name, r in (o.results.get("checkers") or {}).items():
         lines.append(f"  {name}: {({True: 'valid', False: 'INVALID'}.get(r.get('valid'), 'unknown'))}"
                      f" - {r.get('reason', '')}")
@@ -157,6 +159,8 @@ def test_main(argv: list[str]) -> int:
             print(f"etcdproof test: {e}", file=sys.stderr)
             return 2
         print(summary(o))
+        if o.error:
+            print(f"etcdproof test: {o.error}", file=sys.stderr)
         codes.append(o.exit_code)
         if o.interrupted:
             break

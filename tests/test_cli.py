@@ -80,3 +80,18 @@ def test_unreachable_host_names_the_host(tmp_path) -> None:
 def test_analyze_and_report_refuse_what_is_not_a_run(tmp_path) -> None:
     assert "not a run directory" in one_line_error(etcdproof("analyze", str(tmp_path)))
     assert "not a run directory" in one_line_error(etcdproof("report", str(tmp_path)))
+
+
+def test_a_setup_failure_is_one_line_and_leaves_a_run_that_says_why(tmp_path) -> None:
+    import json
+
+    r = etcdproof("test", "--nodes", "loopback", "--node-count", "1", "--db", "etcd", "--etcd-bin", "/nonexistent/etcd",
+                  "--time-limit", "5", "--store", str(tmp_path), "--base-dir", str(tmp_path / "base"), "--no-progress",
+                  "--client-port", "23111", "--peer-port", "23112")
+    assert r.returncode == 2, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("etcdproof test:")]
+    assert len(errors) == 1, r.stderr
+    err = errors[0]
+    assert "/nonexistent/etcd" in err and "n1" in err
+    results = json.loads((tmp_path / "latest" / "results.json").read_text())
+    assert results["valid"] == "unknown" and "/nonexistent/etcd" in results["error"]
