@@ -16,12 +16,17 @@ Partial knowledge, without state explosion:
   acknowledged read returned that value, the request certainly persisted, at the mod_revision the
   read showed, and before that read returned. It becomes a required operation with that revision
   (etcd calls these persisted requests), which removes the guessing entirely.
+- values nobody observed: before the search, every put value that no response, compare or
+  persisted write shows is replaced by one placeholder (KVModel.canonical, with the proof that
+  this keeps the verdict exactly). Same-key lost puts then become interchangeable, and states
+  that differ only in such values become one; reports still show the real values.
 
 Ranges at an old revision and serializable ranges are not linearizable reads and are left out.
 Leases are not modelled. Op conventions: docs/history-format.md.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Hashable
 
 from checker.history import FAIL, INFO, OK, Op
@@ -65,6 +70,30 @@ class KVState:
 
     def __repr__(self) -> str:
         return f"KVState(rev={self.rev}, {self.data!r})"
+
+
+class _Unobserved:
+    """The value that stands for every written value no observation in the history can tell
+    apart (KVModel.canonical). Equal only to itself; its str is compared against the history's
+    compare operands before it is used (value compares fall back to str)."""
+
+    _instance: "_Unobserved | None" = None
+
+    def __new__(cls) -> "_Unobserved":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<unobserved>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> str:
+        return "UNOBSERVED"  # pickles as the module global: one placeholder in every process
+
+
+UNOBSERVED = _Unobserved()
 
 
 def _freeze(v: Any) -> Any:
@@ -273,7 +302,81 @@ class KVModel(Model):
             ))
         return out
 
+    def canonical(self, ops: list[Operation]) -> list[Operation]:
+        """The ops with every unobservable put value replaced by UNOBSERVED.
+
+        A value u is unobservable when it is written by some put and nothing in the history
+        can see it: it equals no value (and no value's str) in any recorded response (range
+        and txn range kvs, the value of a persisted write) nor any value-compare operand, and
+        no compare orders values (< or >) over the key it is written to. Replacing all of them
+        by one fresh placeholder P keeps the verdict exactly:
+
+        Let s(x) map each unobservable value to P and leave every other value alone, and apply
+        it to states (entries' values), requests (put values) and responses. Responses and
+        compare operands hold no unobservable value, so s leaves them as they are. For any
+        state S and request R, executing s(R) in s(S) gives s of executing R in S: a value
+        compare asks "=" or "!=" (no ordering compare covers a key holding such a value) of a
+        stored value against an operand w; a stored unobservable u differs from w (by ==, and
+        by str, which the model falls back to) and so does P, a fresh object whose str no
+        operand has, so the compare comes out the same; other stored values are unchanged.
+        Version, create_revision and mod_revision compares, the revision, versions, key sets,
+        counts and deleted counts never depend on a value, and "did it change anything" (an
+        unknown request must) depends on puts and deleted keys only. A range returns s of the
+        real kvs, and it is checked against recorded kvs, whose values v are observed: a stored
+        u mismatches v, and so does P; the same for a persisted write's value. So by induction
+        over any order of ops, the real ops are accepted in that order from the initial state
+        (no values) iff the substituted ones are, with states related by s: the same
+        linearizations, the same longest prefixes. Nothing here needs values to be unique.
+
+        What it buys: lost puts of the same key with unobserved values become equal operations,
+        which the search applies only in call order (instead of guessing which one filled a
+        revision gap), and states that differ only in such values become one cache entry.
+        """
+        observed: set = set()
+        ordered: list[tuple[str, str | None]] = []  # ranges of keys some compare orders by value
+        for op in ops:
+            for key, end, target, result, want in op.input[0]:
+                if target == "value":
+                    observed.add(want)
+                    if result in ("<", ">"):
+                        ordered.append((key, end))
+            out = op.output
+            if out is UNKNOWN:
+                continue
+            if out[0] == "persisted":
+                observed.add(out[3])
+                continue
+            for res in out[1] or ():
+                if isinstance(res, tuple) and res[0] is not None:
+                    for kv in res[0]:
+                        observed.add(kv[1])
+        strs = {str(v) for v in observed}
+        if str(UNOBSERVED) in strs:
+            return ops  # an operand that looks like the placeholder: leave the history alone
+
+        def hidden(key: str, value: Any) -> bool:
+            return (value not in observed and str(value) not in strs
+                    and not any(_in_range(key, k, e) for k, e in ordered))
+
+        res: list[Operation] = []
+        changed = False
+        for op in ops:
+            cmps, succ, fail = op.input
+            s2, f2 = _hide(succ, hidden), _hide(fail, hidden)
+            if s2 is succ and f2 is fail:
+                res.append(op)
+            else:
+                res.append(replace(op, input=(cmps, s2, f2)))
+                changed = True
+        return res if changed else ops
+
     def step(self, state: KVState, req: tuple, out: Any) -> tuple[bool, Any]:
+        if out is not UNKNOWN:
+            # a request leaves the revision as it is or takes the next one: most candidates
+            # of a search node are refused here without running them
+            rev = out[1] if out[0] == "persisted" else out[2]
+            if rev is not None and state.rev != rev and state.rev != rev - 1:
+                return False, state
         ok, results, new = _run(state, req)
         if out is UNKNOWN:
             return (True, new) if new is not None else (False, state)
@@ -292,6 +395,37 @@ class KVModel(Model):
         if seen is not None and not _results_match(seen, results):
             return False, state
         return True, after
+
+    advances = True  # an unknown request is accepted only where it writes: the revision grows
+
+    def dead(self, state: KVState, req: tuple, out: Any) -> bool:
+        """No state reachable from this one accepts the op: a range it returned showed a key
+        written at revision m (or created at c), the store is at m (c) or past it, and the key
+        is not as the range saw it. Revisions only grow and every write stamps the revision it
+        makes, so the key can never hold that entry again."""
+        if out is UNKNOWN or out[0] == "persisted" or out[0] is None or out[1] is None:
+            return False
+        branch = req[1] if out[0] else req[2]
+        rev = state.rev
+        data = state.data
+        for op, seen in zip(branch, out[1]):
+            if op[0] != "range":
+                break  # ranges after a write in the same txn see that write
+            if seen is None or seen[0] is None:
+                continue
+            for k, value, create, mod, version in seen[0]:
+                if k is None:
+                    continue
+                if mod is not None and rev >= mod:
+                    e = data.get(k)
+                    if (e is None or e[2] != mod or (value is not None and e[0] != value)
+                            or (create is not None and e[1] != create) or (version is not None and e[3] != version)):
+                        return True
+                elif create is not None and rev >= create:
+                    e = data.get(k)
+                    if e is None or e[1] != create:
+                        return True
+        return False
 
     def progress(self, state: KVState) -> int:
         return state.rev
@@ -383,6 +517,14 @@ class KVModel(Model):
         if out is not UNKNOWN and out[0] != "persisted" and out[2] is not None:
             return TIMELESS
         return UNKNOWN
+
+
+def _hide(branch: tuple, hidden) -> tuple:
+    """The branch with the put values `hidden(key, value)` says nobody sees made UNOBSERVED
+    (the same tuple when none is)."""
+    if not any(op[0] == "put" and op[2] is not UNOBSERVED and hidden(op[1], op[2]) for op in branch):
+        return branch
+    return tuple(("put", op[1], UNOBSERVED) if op[0] == "put" and hidden(op[1], op[2]) else op for op in branch)
 
 
 def request(invoke: Op) -> tuple | None:

@@ -20,7 +20,7 @@ from typing import Any, Hashable
 from checker import explain
 from checker.history import INFO, INVOKE, NEMESIS, Op
 from checker.models import Model
-from checker.wgl import INVALID, UNKNOWN, VALID, Operation, search
+from checker.wgl import INVALID, UNKNOWN, VALID, Operation, Outcome, search
 
 PARALLEL_AFTER = 1.0  # seconds of checking in this process before the rest goes to workers
 DEFAULT_EXPLAIN_LIMIT = 10.0  # seconds for explaining the failing partitions
@@ -211,17 +211,40 @@ def check_partition(model: Model, ops: list[Operation], deadline: float | None =
     worker processes share it); explain it if it is not linearizable."""
     t0 = time.monotonic()
     ops = model.refine(ops)
-    out = search(ops, model.init(), model.step, deadline=deadline, max_steps=max_steps,
-                 progress=model.progress, limit=model.limit, preserves=model.preserves)
+    work = model.canonical(ops)  # the same linearizations, more of them interchangeable
+    out = search(work, model.init(), model.step, deadline=deadline, max_steps=max_steps,
+                 progress=model.progress, limit=model.limit, preserves=model.preserves, dead=model.dead,
+                 advances=model.advances)
+    if work is not ops:
+        _restore(model, ops, out)
     r = PartitionResult(ops[0].key if ops else None, out.valid, ops, out.path, out.end_state, out.reason,
                         steps=out.steps, cache_size=out.cache_size)
     if out.valid is INVALID:
         r.blocked = explain.blocked(model, ops, out)
         if explain_limit > 0:
             stuck = min((op.ret for op, _ in r.blocked if op.required), default=None)
-            r.minimal = explain.minimal(model, ops, time.monotonic() + explain_limit, hint=stuck)
+            # on the canonical copies too: their relaxed windows fail exactly when the real
+            # ones do, and they keep every Op.index
+            r.minimal = explain.minimal(model, work, time.monotonic() + explain_limit, hint=stuck)
     r.elapsed = time.monotonic() - t0
     return r
+
+
+def _restore(model: Model, ops: list[Operation], out: Outcome) -> None:
+    """The search ran on the model's canonical copies of `ops`: put the real ops in the path
+    and replay the states from them, so reports show real values. The real ops are accepted in
+    the same order (Model.canonical's promise); a refusal here is a bug, not a verdict."""
+    for n, op in enumerate(ops):
+        op.id = n  # the copies' positions, as the search numbered them
+    state = model.init()
+    path = []
+    for copy, _ in out.path:
+        op = ops[copy.id]
+        ok, state = model.step(state, op.input, op.output)
+        if not ok:
+            raise AssertionError(f"op {op.index}: the canonical history accepted it, the real one does not")
+        path.append((op, state))
+    out.path, out.end_state = path, state
 
 
 def _worker(args: tuple) -> PartitionResult:

@@ -103,6 +103,13 @@ class Model:
         """A chance to use what the whole partition reveals about uncertain ops (see kv)."""
         return ops
 
+    def canonical(self, ops: list) -> list:
+        """Copies of the ops to search instead of them, the same ones in the same order, that
+        have exactly the same linearizations (and accepted orders) as the real ones but make
+        more of them interchangeable (see kv: values nobody observed). The search runs on
+        these; what reports show is replayed from the real ops. Default: the ops themselves."""
+        return ops
+
     def step(self, state: Any, inp: Any, out: Any) -> tuple[bool, Any]:
         raise NotImplementedError
 
@@ -122,9 +129,13 @@ class Model:
         return False
 
     # Optional pruning (see checker.wgl.search): progress(state) never decreases along a
-    # linearization; limit(input, output) is the most progress possible just before the op.
+    # linearization; limit(input, output) is the most progress possible just before the op;
+    # dead(state, input, output): no state reachable from this one accepts the op.
+    # advances: every accepted step of an optional op increases progress.
     progress = None
     limit = None
+    dead = None
+    advances = False
 
     def describe_op(self, inp: Any, out: Any) -> str:
         return f"{inp!r} -> {out!r}"

@@ -114,9 +114,17 @@ def register_history(rng: random.Random, n_ops: int, processes: int = 5, keys: i
 
 
 def kv_history(rng: random.Random, n_ops: int, processes: int = 5, keys: int = 10,
-               info_rate: float = 0.1) -> list[Op]:
+               info_rate: float = 0.1,
+               make: Callable[[random.Random, int], tuple[str, str | None, Any]] | None = None) -> list[Op]:
     """etcd KV requests over `keys` keys: ranges, puts of unique values, deletes and txns that
-    compare a key's value or mod_revision; responses with revisions as etcd gives them."""
+    compare a key's value or mod_revision; responses with revisions as etcd gives them.
+    `make(rng, n) -> (f, key, value)` replaces that mix with another (tests use it for
+    requests the workload does not make: range ends, ordering compares, repeated values)."""
+    planned = _schedule(rng, n_ops, processes, info_rate, make or _kv_mix(keys))
+    return kv_run(planned)
+
+
+def _kv_mix(keys: int) -> Callable[[random.Random, int], tuple[str, str | None, Any]]:
     names = [f"k{i}" for i in range(keys)]
     recent: dict[str, list[Any]] = {k: [] for k in names}
 
@@ -141,7 +149,11 @@ def kv_history(rng: random.Random, n_ops: int, processes: int = 5, keys: int = 1
         return "txn", None, {"compare": [cmp], "success": [{"f": "put", "key": key, "value": v}],
                              "failure": [{"f": "range", "key": other}]}
 
-    planned = _schedule(rng, n_ops, processes, info_rate, make)
+    return make
+
+
+def kv_run(planned: list[_Planned]) -> list[Op]:
+    """The responses of planned KV requests, executed at their points in order, as ops."""
     state = KVState(1, {})
     for p in sorted((p for p in planned if p.point is not None), key=lambda p: p.point):
         req = request(Op(0, p.process, INVOKE, p.f, p.value, p.key))

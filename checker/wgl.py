@@ -89,7 +89,7 @@ class Outcome:
 
 
 class _Entry:
-    __slots__ = ("op", "is_call", "match", "prev", "next", "required", "bit", "group", "rank", "keeps")
+    __slots__ = ("op", "is_call", "match", "prev", "next", "required", "bit", "group", "rank", "keeps", "last")
 
     def __init__(self, op: Operation | None, is_call: bool) -> None:
         self.op = op
@@ -102,10 +102,13 @@ class _Entry:
         self.group = 0  # optional ops: index of its group of interchangeable ops
         self.rank = 0  # optional ops: position in its group, by call
         self.keeps = False  # required ops the model says never change the state
+        self.last: _Entry | None = None  # returns: the last optional call before it (static)
 
 
-def _build(ops: list[Operation]) -> tuple[_Entry, int]:
-    """The event list (calls and returns in history order) and the number of optional groups."""
+def _build(ops: list[Operation]) -> tuple[_Entry, _Entry, int]:
+    """Two event lists in history order, the required ops' calls and returns and the optional
+    ops' calls (heads of both), and the number of optional groups. Each return knows the last
+    optional call before it, where the search starts looking for optional candidates."""
     events: list[tuple[int, int, int, _Entry]] = []
     groups: dict = {}
     req = opt = 0
@@ -137,12 +140,20 @@ def _build(ops: list[Operation]) -> tuple[_Entry, int]:
             e.group, e.rank = g, rank
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     head = _Entry(None, False)
-    prev = head
+    ohead = _Entry(None, False)
+    prev, oprev = head, ohead
     for _, _, _, e in events:
-        prev.next = e
-        e.prev = prev
-        prev = e
-    return head, len(groups)
+        if e.required:
+            prev.next = e
+            e.prev = prev
+            prev = e
+            if not e.is_call:
+                e.last = oprev
+        else:
+            oprev.next = e
+            e.prev = oprev
+            oprev = e
+    return head, ohead, len(groups)
 
 
 def _lift(e: _Entry) -> None:
@@ -177,6 +188,8 @@ def search(
     progress: Callable[[Any], int] | None = None,
     limit: Callable[[Any, Any], int | None] | None = None,
     preserves: Callable[[Any, Any], bool] | None = None,
+    dead: Callable[[Any, Any, Any], bool] | None = None,
+    advances: bool = False,
 ) -> Outcome:
     """Decide whether `ops` (one partition) can be linearized from state `init`.
 
@@ -190,7 +203,7 @@ def search(
     op still to come is a dead end. preserves(input, output) says an op leaves every state it
     is accepted in unchanged (reads): such an op is taken as soon as it fits, alone.
     """
-    head, n_groups = _build(ops)
+    head, ohead, n_groups = _build(ops)
     if preserves is not None:
         e = head.next
         while e is not None:
@@ -228,6 +241,7 @@ def search(
     best_len = -1
     best: list[tuple[_Entry, Any]] = []
     best_state = init
+    low = 0  # best[:low] == stack[:low] (as (entry, state) pairs): only the rest is copied
     dirty = True
     steps = 0
     entry = head.next
@@ -247,35 +261,51 @@ def search(
                 reason = "time limit"
             if reason:
                 if dirty:
-                    best, best_state = [(e, s) for e, s, _ in stack], state
+                    del best[low:]
+                    best.extend((e, s) for e, s, _ in stack[low:])
+                    best_state = state
                 break
         if entry is None:
             pass  # backtrack
         elif phase == 0:
             if entry.is_call:
-                if not entry.required:
-                    entry = entry.next
-                    continue
+                pass
             elif has_opt:
                 # required candidates used up: optional ones called before this return,
                 # the most recently called first (likelier to have just taken effect)
+                if advances and n_lims:
+                    j = lp
+                    while j < n_lims and done[lim_entries[j].op.id]:
+                        j += 1
+                    if j < n_lims and progress(state) >= lim_values[j]:
+                        entry = None  # any optional op would pass the limit of a required one
+                        continue
                 phase = 1
-                entry = entry.prev
+                # the last optional call before this return still in its list: a lifted
+                # entry's prev leads to its nearest unlifted predecessor (dancing links)
+                entry = entry.last
+                while optset & entry.bit:
+                    entry = entry.prev
                 continue
             else:
                 entry = None
-        elif entry is head:
+        elif entry is ohead:
             entry = None
-        elif entry.required or entry.rank != applied[entry.group]:
+        elif entry.rank != applied[entry.group]:
             entry = entry.prev
             continue
         if entry is None:  # backtrack
             if dirty:
-                best, best_state = [(e, s) for e, s, _ in stack], state
+                del best[low:]
+                best.extend((e, s) for e, s, _ in stack[low:])
+                best_state = state
+                low = len(stack)
                 dirty = False
             if not stack:
                 break
             entry, state, phase = stack.pop()
+            if len(stack) < low:
+                low = len(stack)
             forced = phase == 2
             if entry.required:
                 lin ^= entry.bit
@@ -296,6 +326,9 @@ def search(
         required = entry.required
         op = entry.op
         ok, new_state = step(state, op.input, op.output)
+        if not ok and required and dead is not None and dead(state, op.input, op.output):
+            entry = None  # it must go some time, and no state from here on accepts it
+            continue
         if ok and stack:
             top = stack[-1]
             if not top[0].required:
