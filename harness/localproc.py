@@ -182,11 +182,15 @@ class LocalCluster:
             for i in range(self.size)
         ]
         ic = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        for m in self.members:
-            m.initial_cluster = ic
-            m.start(wait=False)
-        for m in self.members:
-            m.wait_ready(timeout)
+        try:
+            for m in self.members:
+                m.initial_cluster = ic
+                m.start(wait=False)
+            for m in self.members:
+                m.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # a member that failed (a port taken meanwhile) must not orphan the others
+            raise
         return self
 
     @property
