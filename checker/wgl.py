@@ -26,7 +26,8 @@ How it works (the shape of Porcupine's checker, written for Python):
   next one without it gives the same state) is not applied either: the path without it is
   explored and is at least as good.
 - The cache holds every visited (set of linearized required ops, model state) with the sets of
-  optional ops applied on the way there (bit sets as Python ints). A node is skipped when a
+  optional ops applied on the way there (bit sets as Python ints; the linearized set stored as
+  its run of leading ones and the bits after it, a few words instead of one bit per op). A node is skipped when a
   cached node has the same required set and state and a subset of its optional ops: whatever
   the new node could still do, the cached one could too (optional ops are never forced), so it
   has been or is being explored.
@@ -347,7 +348,10 @@ def search(
                 new_lin, new_opt = lin | entry.bit, optset
             else:
                 new_lin, new_opt = lin, optset | entry.bit
-            k = (new_lin, new_state)
+            # the set of linearized ops kept short: how many lead it (bits follow call order,
+            # so nearly all of it is a run of ones) and the bits after them
+            z = (~new_lin & (new_lin + 1)).bit_length() - 1
+            k = (z, new_lin >> z, new_state)
             fresh = True
             if not has_opt:
                 if k in seen:
