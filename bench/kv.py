@@ -70,7 +70,7 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def prepare(endpoint: str, read_key: str = "bench-read", value_size: int = 256) -> None:
+def prepare(endpoint: str, read_key: str = "benchget", value_size: int = 256) -> None:
     with grpc.insecure_channel(endpoint) as ch:
         rpc_pb2_grpc.KVStub(ch).Put(rpc_pb2.PutRequest(key=read_key.encode(), value=os.urandom(value_size)), timeout=10)
 
@@ -154,7 +154,7 @@ def run_h2load_load(
     """
     from bench import h2load
 
-    path, frame = h2load.request_for(op, b"bench-key", value_size, b"bench-read")
+    path, frame = h2load.request_for(op, b"benchput", value_size, b"benchget")  # 8-byte keys, as etcd's benchmark
     method = path.rsplit("/", 1)[1]
     used = targets[: max(1, min(len(targets), clients))]
     before = [h2load.handled(url, method) for _, url, _ in used]

@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--key-size", type=int, default=8)
     p.add_argument("--value-size", type=int, default=256)
     p.add_argument("--key-space", type=int, default=100_000)
-    p.add_argument("--read-key", default="bench-read")
+    p.add_argument("--read-key", default="benchget")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start-at", type=float, default=0.0)
     args = p.parse_args()
