@@ -27,10 +27,15 @@ How it works (the shape of Porcupine's checker, written for Python):
   explored and is at least as good.
 - The cache holds every visited (set of linearized required ops, model state) with the sets of
   optional ops applied on the way there (bit sets as Python ints; the linearized set stored as
-  its run of leading ones and the bits after it, a few words instead of one bit per op). A node is skipped when a
-  cached node has the same required set and state and a subset of its optional ops: whatever
-  the new node could still do, the cached one could too (optional ops are never forced), so it
-  has been or is being explored.
+  its run of leading ones and the bits after it, a few words instead of one bit per op). A
+  node is skipped when a cached node has the same required set and state and a subset of its
+  optional ops: whatever the new node could still do, the cached one could too (optional ops
+  are never forced), so it has been or is being explored.
+- A model may say a refused required op is dead (no state reachable from here accepts it): the
+  node fails at once. And if every accepted optional op makes progress (`advances`), a node
+  already at the smallest limit of a required op still to come tries no optional op.
+- Optional calls sit in a list of their own, so looking for required candidates never walks
+  past the optional ops that never happen (they stay in the list to the end).
 - The search is done when every required operation is linearized; optional ones left over
   simply never happened.
 """
@@ -270,10 +275,10 @@ def search(
             pass  # backtrack
         elif phase == 0:
             if entry.is_call:
-                pass
+                pass  # a required candidate: step it below
             elif has_opt:
-                # required candidates used up: optional ones called before this return,
-                # the most recently called first (likelier to have just taken effect)
+                # the first return: required candidates used up. Optional ones called before
+                # it, the most recently called first (likelier to have just taken effect)
                 if advances and n_lims:
                     j = lp
                     while j < n_lims and done[lim_entries[j].op.id]:
