@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 import grpc
 
+from server.keyrange import prefix_end  # noqa: F401  (re-exported for workloads)
 from server.proto.etcdserverpb import rpc_pb2 as pb
 from server.proto.etcdserverpb import rpc_pb2_grpc as pbg
 from server.proto.v3lockpb import v3lock_pb2 as lockpb
@@ -92,16 +93,6 @@ def decode(b: bytes) -> int | str:
         return int(s)
     except ValueError:
         return s
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end that covers every key starting with prefix (etcd's GetPrefixRangeEnd)."""
-    b = bytearray(prefix)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\x00"
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from server import errors
 from server.errors import Code, EtcdError
+from server.keyrange import prefix_end
 from server.proto.etcdserverpb import rpc_pb2
 from server.proto.mvccpb import kv_pb2
 from server.proto.v3electionpb import v3election_pb2 as elpb
@@ -26,16 +27,6 @@ Compare = pb.Compare
 SESSION_EXPIRED = EtcdError(Code.UNKNOWN, "session expired")
 NOT_LEADER = EtcdError(Code.UNKNOWN, "election: not leader")
 NO_LEADER = EtcdError(Code.UNKNOWN, "election: no leader")
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end covering every key that starts with prefix (etcd's GetPrefixRangeEnd)."""
-    b = bytearray(prefix)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\x00"
 
 
 def _owner_key(name: bytes, lease: int) -> bytes:
