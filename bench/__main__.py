@@ -10,7 +10,8 @@ import time
 
 from bench import h2load
 from bench.nodes import add_node_args, load_nodes
-from bench.kv import TABLE_HEAD, TARGET_READS, TARGET_WRITES, prepare, results_json, run_h2load_load, run_load
+from bench.kv import (TABLE_HEAD, TARGET_READS, TARGET_WRITES, prepare, results_json, run_h2load_load, run_load,
+                      wakeup_roundtrip_us)
 from harness.localproc import LocalCluster, have_etcd
 
 
@@ -83,9 +84,11 @@ def _kv_run(args: argparse.Namespace, dbs: list[str], started: float, inv) -> in
     clients = [int(c) for c in args.clients.split(",")]
     ops = args.ops.split(",")
     results = []
+    args.wakeup_us = wakeup_roundtrip_us()
     print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"generator {args.generator}, {args.duration:g} s per cell, "
-          f"clients to {'every member' if args.target == 'all' else 'the leader'}")
+          f"clients to {'every member' if args.target == 'all' else 'the leader'}, "
+          f"cross-CPU wake-up round trip {args.wakeup_us} µs")
     print(TABLE_HEAD)
     with tempfile.TemporaryDirectory(prefix="etcdproof-bench-") as tmp:
         # every target's cluster is up before the first cell and the cells alternate between
@@ -155,6 +158,7 @@ def kv_record(results: list, args: argparse.Namespace, started: float) -> dict:
         "settings": {"clients": args.clients, "ops": args.ops, "duration": args.duration, "generator": args.generator,
                      "cluster_size": args.cluster_size or 1, "target": args.target, "key_size": 8, "value_size": 256},
         "load_average": list(os.getloadavg()), "cpus": os.cpu_count(), "host": platform.node(),
+        "wakeup_roundtrip_us": getattr(args, "wakeup_us", None),
         "verdict": kv_verdict_word(verdicts), "summary": "; ".join(v["text"] for v in verdicts),
         "verdicts": verdicts, "ratios": ratios(rows), "results": rows,
     }

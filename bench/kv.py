@@ -21,6 +21,48 @@ TARGET_READS = 2000
 TARGET_WRITES = 10000
 
 
+def wakeup_roundtrip_us(rounds: int = 2000) -> float | None:
+    """Median time for a thread on one CPU to wake a thread on another and be woken back, in µs.
+
+    A request to a server at low concurrency costs a few such cross-CPU wake-ups, so this says
+    how fast the machine is at the moment of the run. On this shared 2-vCPU VM it measured
+    60-280 µs one evening (about 6 µs when both threads share a CPU), while the 1-client cells
+    of both targets ran 3-6 times slower than an hour before. Printed with each benchmark, so
+    runs in such a phase can be told apart. None with fewer than two usable CPUs.
+    """
+    import threading
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+
+    def echo() -> None:
+        os.sched_setaffinity(0, {cpus[1]})  # this thread only
+        for _ in range(rounds):
+            os.read(r1, 1)
+            os.write(w2, b"x")
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    times = []
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            os.write(w1, b"x")
+            os.read(r2, 1)
+            times.append(time.perf_counter() - t0)
+        t.join()
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
+    times.sort()
+    return round(times[len(times) // 2] * 1e6, 1)
+
+
 @dataclass
 class Result:
     db: str

@@ -62,6 +62,8 @@ def test_bench_kv_briefly_against_both_targets(tmp_path: Path) -> None:
     d = next((tmp_path / "bench-kv").glob("2*"))
     data = json.loads((d / "bench.json").read_text())
     assert data["bench"] == "kv" and len(data["results"]) == 8 and data["verdict"] in ("meets", "below")
+    assert data["wakeup_roundtrip_us"] is None or data["wakeup_roundtrip_us"] > 0  # the machine's speed, recorded
+    assert re.search(r"cross-CPU wake-up round trip ([\d.]+|None) µs", out.stdout.splitlines()[0])
     assert {(v["db"], v["op"]) for v in data["verdicts"]} == {(db, op) for db in ("reference", "etcd") for op in ("put", "range")}
     assert len(data["ratios"]) == 4 and all(r["rate_ratio"] > 0 for r in data["ratios"])
     assert all(r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] and r["errors"] == 0 for r in data["results"])
