@@ -90,7 +90,8 @@ def test_lanes_overlap_classes_but_never_one_class_twice():
     sched, ops = schedule(faults, concurrent=3)
     run_for(sched, 1.0)
     assert overlaps(log) >= 2  # several classes at once
-    assert all(not f.on for f in faults)  # Fake.start asserts no class ran twice at once
+    # Fake.start's own assertion runs in the schedule's thread, which records it as an info op
+    assert not [op.error for op in ops if op.type == INFO], "a class ran twice at once"
     starts = [op for op in ops if op.f.startswith("start-") and op.type == INVOKE]
     assert {op.f for op in starts} == {"start-a", "start-b", "start-c", "start-d"}
 
