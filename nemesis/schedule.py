@@ -3,10 +3,10 @@
 Each fault is a pair of ops from process "nemesis": f = start-<fault>, then stop-<fault>. The
 completion is `ok` with the evidence as its value when the fault applied, `fail` with the
 reason when it was refused, `info` when an error left it unknown (the class is then healed at
-once, recorded as its stop). At the end (and on any exit path) `heal_all` undoes every fault
-class, also recorded. Remote commands are blocking, so each runs in a thread; a cancelled
-schedule waits for a command in flight to finish before it heals, so a heal never races the
-fault it undoes.
+once, recorded as its stop; so is a stop that ends `info`, before the class can start again).
+At the end (and on any exit path) `heal_all` undoes every fault class, also recorded. Remote
+commands are blocking, so each runs in a thread; a cancelled schedule waits for a command in
+flight to finish before it heals, so a heal never races the fault it undoes.
 
 Composition, after Jepsen's combined nemesis: `concurrent` lanes run side by side, each
 alternating wait / start / wait / stop over the classes drawn from a shuffled bag, so several
@@ -147,8 +147,10 @@ class Schedule:
         try:
             await asyncio.sleep(self._wait())
         finally:
-            await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
+            stopped = await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
             self.active.remove(nem.name)
+        if stopped.type == INFO:  # half undone: heal the class before a lane may start it again
+            await self._op(f"stop-{nem.name}", lambda: nem.heal(self.ctx))
 
     async def heal_all(self) -> list[Op]:
         """Undo every fault class (idempotent), network first, members last; recorded as stop

@@ -19,8 +19,9 @@ class Fake:
     """A fault class that records when it was applied; optionally refuses or fails, or is slow."""
 
     def __init__(self, name: str, log: list, refuse: str = "", permanent: bool = False, fail: bool = False,
-                 slow: float = 0.0) -> None:
+                 slow: float = 0.0, fail_stop: bool = False) -> None:
         self.name, self.log, self.refuse, self.permanent, self.fail, self.slow = name, log, refuse, permanent, fail, slow
+        self.fail_stop = fail_stop
         self.on = False
         self.lock = threading.Lock()
 
@@ -40,8 +41,10 @@ class Fake:
         return {"nodes": ["n1"]}
 
     def stop(self, ctx) -> dict:
-        self.on = False
         self.log.append((time.monotonic(), "stop", self.name))
+        if self.fail_stop:
+            raise RuntimeError("half undone")
+        self.on = False
         return {}
 
     def heal(self, ctx) -> dict:
@@ -130,6 +133,18 @@ def test_an_unknown_start_is_healed_at_once():
     assert infos
     after = ops[infos[0] + 1:infos[0] + 3]
     assert [(op.f, op.type) for op in after] == [("stop-disk", INVOKE), ("stop-disk", "ok")]
+
+
+def test_an_unknown_stop_is_healed_before_the_class_starts_again():
+    log: list = []
+    sched, ops = schedule([Fake("disk", log, fail_stop=True)])
+    run_for(sched, 0.5)  # Fake.start asserts the class was off: healed after every failed stop
+    assert not [op for op in ops if op.f == "start-disk" and op.type == INFO], ops
+    infos = [i for i, op in enumerate(ops) if op.f == "stop-disk" and op.type == INFO]
+    assert len(infos) >= 2, ops  # it started again after a failed stop
+    for i in infos:
+        assert [(op.f, op.type) for op in ops[i + 1:i + 3]] == [("stop-disk", INVOKE), ("stop-disk", "ok")]
+    assert [what for _, what, _ in log[:3]] == ["start", "stop", "heal"]
 
 
 def test_heal_order_network_first_members_last():
