@@ -91,8 +91,13 @@ def read_history(lines: Iterable[str]) -> list[Op]:
         if not line:
             continue
         try:
-            out.append(Op.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as e:
+            d = json.loads(line)
+            if not isinstance(d, dict):
+                raise ValueError(f"not a JSON object but {type(d).__name__}")
+            out.append(Op.from_dict(d))
+        except KeyError as e:
+            raise ValueError(f"history line {n}: no {e.args[0]!r} field") from None
+        except (ValueError, TypeError) as e:
             raise ValueError(f"history line {n}: {e}") from None
     return out
 

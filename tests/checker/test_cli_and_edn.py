@@ -128,6 +128,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "history line 1" in err[1] and "not closed" in err[2]
 
 
+@pytest.mark.parametrize("line, expect", [
+    ("[1, 2]", "history line 1: not a JSON object but list"),
+    ('{"type": "invoke", "f": "read", "process": 0}', "history line 1: no 'index' field"),
+    ('{"index": 0, "type": "ok", "f": "read"}', "history line 1: no 'process' field"),
+])
+def test_a_line_that_is_no_op_is_named_in_one_line(tmp_path, capsys, line, expect):
+    assert main([write(tmp_path, "bad.jsonl", line + "\n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"etcdproof check: {expect}"]
+
+
 def test_the_installed_command(tmp_path):
     bad = save_jsonl(tmp_path, Recorder().op(0, "write", 1).op(1, "read", None, result=3))
     exe = os.path.join(os.path.dirname(sys.executable), "etcdproof")
