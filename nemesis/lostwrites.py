@@ -28,6 +28,7 @@ from harness.inventory import Node
 from harness.remote import RemoteError
 from nemesis.base import FaultRefused, NemesisContext, choose_targets
 from nemesis.nodes import on_nodes, q
+from nemesis.process import restart_down
 from nemesis.tools import Tools, ToolsError, install
 
 TARGETS = ("one", "minority", "majority", "all")
@@ -169,23 +170,15 @@ class LostWritesNemesis:
                           "files": sorted(files, key=lambda p: -files[p]["bytes"])[:8]}
         return {"mode": mode, "signal": "SIGKILL", "nodes": sorted(ev), "crashed": ev}
 
-    def _restart(self, ctx: NemesisContext, nodes: list[Node]) -> dict:
-        started = {}
-        for n in nodes:
-            if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
-                continue
-            started[n.name] = {"pid": ctx.db.start(n)}
-        return {"nodes": sorted(started), "started": started}
-
     def stop(self, ctx: NemesisContext) -> dict:
         nodes, self.affected = self.affected, []
-        return self._restart(ctx, nodes)
+        return restart_down(ctx, nodes)
 
     def heal(self, ctx: NemesisContext) -> dict:
         self.affected = []
         if not self.layouts:
             return {"nodes": [], "skipped": self.refusal or "lost writes were not prepared"}
-        return self._restart(ctx, ctx.members())
+        return restart_down(ctx, ctx.members())
 
     def teardown(self, ctx: NemesisContext) -> None:
         """With the servers stopped: unmount every lwfs (it flushes first) and drop the hooks."""

@@ -22,6 +22,17 @@ def proc_state(ctx: NemesisContext, n: Node, pid: int) -> str:
     return fields[1].split()[0] if r.ok and len(fields) == 2 and fields[1].split() else ""
 
 
+def restart_down(ctx: NemesisContext, nodes: list[Node]) -> dict:
+    """Start the server of each of nodes that is down and still a member; evidence: the new pids.
+    (A removed node is nemesis/member.py's to bring back.)"""
+    started = {}
+    for n in nodes:
+        if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
+            continue
+        started[n.name] = {"pid": ctx.db.start(n)}
+    return {"nodes": sorted(started), "started": started}
+
+
 class _ProcessFault:
     name = "process"
 
@@ -61,18 +72,13 @@ class KillNemesis(_ProcessFault):
         return self._restart(ctx, self.affected)
 
     def heal(self, ctx: NemesisContext) -> dict:
-        """Restart every node whose server is not running (whoever stopped it)."""
-        down = [n for n in ctx.members() if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None]
-        return self._restart(ctx, down)
+        """Restart every member whose server is not running (whoever stopped it)."""
+        return self._restart(ctx, ctx.members())
 
     def _restart(self, ctx: NemesisContext, nodes: list[Node]) -> dict:
-        started = {}
-        for n in nodes:
-            if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
-                continue  # running already, or no longer a member (nemesis/member.py brings it back)
-            started[n.name] = {"pid": ctx.db.start(n)}
+        out = restart_down(ctx, nodes)
         self.affected = []
-        return {"nodes": sorted(started), "started": started}
+        return out
 
 
 class PauseNemesis(_ProcessFault):
