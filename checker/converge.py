@@ -2,7 +2,8 @@
 
 Reads the `hashkv` ops of the recovery phase (workloads/converge.py): each member's hash of its
 key-value history up to one revision. Any two members that answered for the same revision must
-agree; fewer than two answers prove nothing (unknown). Only ops that completed ok count.
+agree, and so must two answers of one member; fewer than two members answering prove nothing
+(unknown). Only ops that completed ok count.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ HASHKV = "hashkv"
 
 
 def check(history: list[Op]) -> dict:
-    answers: dict[int, dict[str, tuple[int, int]]] = {}  # hash revision -> node -> (hash, op index)
+    # hash revision -> every ok answer (node, hash, op index): a member asked twice keeps both
+    answers: dict[int, list[tuple[str, int, int]]] = {}
     asked = 0
     for op in history:
         if op.process == NEMESIS or op.f != HASHKV or op.type == "invoke":
@@ -20,19 +22,20 @@ def check(history: list[Op]) -> dict:
         asked += 1
         if op.type == OK:
             rev = op.extra.get("hash_revision") or 0
-            answers.setdefault(int(rev), {})[op.node or "?"] = (op.value, op.index)
+            answers.setdefault(int(rev), []).append((op.node or "?", op.value, op.index))
     if not asked:
         return {"valid": "unknown", "reason": "no member was asked for its HashKV"}
-    for rev, by_node in sorted(answers.items()):
-        hashes = {h for h, _ in by_node.values()}
-        if len(hashes) > 1:
+    for rev, got in sorted(answers.items()):
+        if len({h for _, h, _ in got}) > 1:
+            got = sorted(got)
             return {"valid": False, "reason": f"members disagree at revision {rev}: "
-                    + ", ".join(f"{n} {h:#010x}" for n, (h, _) in sorted(by_node.items())),
-                    "revision": rev, "ops": sorted(i for _, i in by_node.values()),
-                    "hashes": {n: h for n, (h, _) in sorted(by_node.items())}}
-    agreeing = max((len(b) for b in answers.values()), default=0)
+                    + ", ".join(f"{n} {h:#010x}" for n, h, _ in got),
+                    "revision": rev, "ops": sorted(i for _, _, i in got),
+                    "hashes": {n: h for n, h, _ in got}}
+    members = {rev: sorted({n for n, _, _ in got}) for rev, got in answers.items()}
+    agreeing = max((len(m) for m in members.values()), default=0)
     if agreeing < 2:
         return {"valid": "unknown", "reason": f"{agreeing} of {asked} members answered HashKV; nothing to compare"}
-    rev, by_node = max(answers.items(), key=lambda kv: len(kv[1]))
-    return {"valid": True, "reason": f"{len(by_node)} members agree on HashKV at revision {rev}",
-            "revision": rev, "members": sorted(by_node)}
+    rev, nodes = max(members.items(), key=lambda kv: len(kv[1]))
+    return {"valid": True, "reason": f"{len(nodes)} members agree on HashKV at revision {rev}",
+            "revision": rev, "members": nodes}
