@@ -83,7 +83,7 @@ def test_the_hashkv_ops_cover_every_member_at_the_highest_acknowledged_revision(
 def test_a_member_that_answers_twice_differently_is_not_hidden() -> None:
     """Every answer counts, not one per member: a later answer of n1 must not overwrite an
     earlier one that disagrees (nor may a second answer make one member count as two)."""
-    r = check_converge.check(hashes(("n1", 7, "ok"), ("n2", 7, "ok"), ("n1", 8, "ok")).ops)
+    r = check_converge.check(hashes(("n1", 8, "ok"), ("n2", 7, "ok"), ("n1", 7, "ok")).ops)
     assert r["valid"] is False and r["ops"] == [1, 3, 5]
     r = check_converge.check(hashes(("n1", 7, "ok"), ("n1", 7, "ok")).ops)
     assert r["valid"] == "unknown"
