@@ -70,6 +70,16 @@ class NodeClock:
         return {"LD_PRELOAD": self.lib, "FAKETIME_TIMESTAMP_FILE": self.file, "FAKETIME_NO_CACHE": "1",
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
+    def probe(self) -> str:
+        """faketime: shell printing a real, a faked and a real reading in ns (for offset_from)."""
+        env = " ".join(f"{k}={q(v)}" for k, v in self.env().items())
+        return f"a=$(date +%s%N); b=$(env {env} date +%s%N); c=$(date +%s%N); echo $a $b $c"
+
+    def write(self, spec: str) -> str:
+        """faketime: shell replacing the timestamp file's text (written beside, then renamed: a
+        reader never sees half a file)."""
+        return f"printf '%s\\n' {q(spec)} > {q(self.file + '.tmp')} && mv -f {q(self.file + '.tmp')} {q(self.file)}"
+
 
 # ---------------------------------------------------------------- pure parts
 def faketime_spec(offset: float) -> str:
@@ -95,15 +105,13 @@ def offset_from(readings: str) -> dict:
 def strobe_script(clock: NodeClock, delta: float, period: float, setter: str = "date -s") -> str:
     """A loop flipping the node's clock by +delta and back every period seconds.
 
-    faketime: it rewrites the timestamp file (written beside, then renamed: a reader never sees
-    half a file). settime: it steps the clock with `setter` and keeps the offset file right, so a
-    reset after the loop is killed undoes exactly what is left (`setter` is replaceable for tests).
+    faketime: it rewrites the timestamp file (NodeClock.write). settime: it steps the clock with
+    `setter` and keeps the offset file right, so a reset after the loop is killed undoes exactly
+    what is left (`setter` is replaceable for tests).
     """
     if clock.method == "faketime":
-        f = clock.file
-        on, off = faketime_spec(delta), faketime_spec(0)
-        return (f"while :; do printf '%s\\n' {q(on)} > {q(f + '.tmp')} && mv -f {q(f + '.tmp')} {q(f)}; sleep {period}; "
-                f"printf '%s\\n' {q(off)} > {q(f + '.tmp')} && mv -f {q(f + '.tmp')} {q(f)}; sleep {period}; done")
+        return (f"while :; do {clock.write(faketime_spec(delta))}; sleep {period}; "
+                f"{clock.write(faketime_spec(0))}; sleep {period}; done")
     return (f"while :; do {step_script(clock, delta, setter)}; sleep {period}; "
             f"{step_script(clock, -delta, setter)}; sleep {period}; done")
 
@@ -192,9 +200,7 @@ class ClockNemesis:
         c = self.clocks[n.name]
         r = ctx.remotes[n.name]
         if c.method == "faketime":
-            env = " ".join(f"{k}={q(v)}" for k, v in c.env().items())
-            out = r.run(f"a=$(date +%s%N); b=$(env {env} date +%s%N); c=$(date +%s%N); echo $a $b $c", timeout=10).out
-            return offset_from(out)
+            return offset_from(r.run(c.probe(), timeout=10).out)
         before = time.time_ns()
         out = r.run("date +%s%N", timeout=10).out
         after = time.time_ns()
@@ -209,8 +215,7 @@ class ClockNemesis:
         """
         c = self.clocks[n.name]
         if c.method == "faketime":
-            env = " ".join(f"{k}={q(v)}" for k, v in c.env().items())
-            one = f"a=$(date +%s%N); b=$(env {env} date +%s%N); c=$(date +%s%N); echo $a $b $c"
+            one = c.probe()
         else:
             one = "b=$(date +%s%N); u=$(cut -d' ' -f1 /proc/uptime); echo $u $b"
         out = ctx.remotes[n.name].run(f"for i in $(seq {count}); do {one}; sleep {gap}; done",
@@ -263,8 +268,7 @@ class ClockNemesis:
         def one(n: Node) -> dict:
             c, r = self.clocks[n.name], ctx.remotes[n.name]
             if c.method == "faketime":
-                r.run(f"printf '%s\\n' {q(faketime_spec(asked[n.name]))} > {q(c.file + '.tmp')} && "
-                      f"mv -f {q(c.file + '.tmp')} {q(c.file)}", timeout=10)
+                r.run(c.write(faketime_spec(asked[n.name])), timeout=10)
             else:
                 base = self.measure(ctx, n)["offset"]
                 self._stop_sync(r, c)
@@ -327,7 +331,7 @@ class ClockNemesis:
                     break
                 time.sleep(0.02)
             if c.method == "faketime":
-                r.run(f"printf '+0\\n' > {q(c.file + '.tmp')} && mv -f {q(c.file + '.tmp')} {q(c.file)}", timeout=10)
+                r.run(c.write(faketime_spec(0)), timeout=10)
             else:
                 r.run(reset_script(c), timeout=20)
                 r.run(f"f={q(c.node_dir + '/clock-timesync')}; [ -f $f ] && {{ sort -u $f | while read s; do "
