@@ -290,7 +290,8 @@ class ClockNemesis:
 
     def strobe(self, ctx: NemesisContext, names: list[str], delta: float, period: float) -> dict:
         """Flip the named nodes' clocks by +delta and back every period seconds until reset;
-        evidence: the offsets a process on the node saw over a few periods."""
+        evidence: the offsets a process on the node saw over a few periods, both sides of the flip
+        among them (ClockError if a node's were not)."""
         nodes = [ctx.node(x) for x in names]
         self.touched = list({n.name: n for n in [*self.touched, *nodes]}.values())
 
@@ -308,6 +309,10 @@ class ClockNemesis:
         got, errors = on_nodes(nodes, one)
         if errors:
             raise ClockError("clock strobe failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        unseen = [k for k, v in got.items() if not v["flipped"]]
+        if unseen:
+            raise ClockError(f"clock strobe of {delta:g}s not seen: " + "; ".join(f"{k} measured {got[k]['samples']}"
+                                                                               for k in unseen))
         return {"mode": "strobe", "method": self._methods(nodes), "nodes": sorted(names), "delta": delta,
                 "period": period, "strobes": got}
 
