@@ -76,6 +76,20 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
+def read_object(path: Path) -> dict:
+    """A run file holding one JSON object; {} when it is not there (not written yet), ValueError
+    naming the file when it is not a JSON object."""
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object but {type(data).__name__}")
+    return data
+
+
 def runs(root: Path) -> list[Path]:
     """Every run directory in the store (those with a test.json), newest first."""
     found = [p.parent for p in root.glob(f"*/*/{TEST_JSON}") if not p.parent.is_symlink()]

@@ -180,11 +180,18 @@ def analyze_main(argv: list[str]) -> int:
     if not (d / store.TEST_JSON).exists() or not (d / store.HISTORY).exists():
         print(f"etcdproof analyze: {d} is not a run directory (no {store.TEST_JSON} or {store.HISTORY})", file=sys.stderr)
         return 2
-    test = store.read_json(d / store.TEST_JSON)
-    wname = test.get("spec", {}).get("workload", "register")
-    results = run_checkers(registry.build(wname), load_history(str(d / store.HISTORY)))
-    store.write_json(d / store.RESULTS, results)
-    out = render_run(d)
+    try:
+        workload = registry.build(store.read_object(d / store.TEST_JSON).get("spec", {}).get("workload", "register"))
+        try:
+            history = load_history(str(d / store.HISTORY))
+        except ValueError as e:
+            raise ValueError(f"{d / store.HISTORY}: {e}") from None
+        results = run_checkers(workload, history)
+        store.write_json(d / store.RESULTS, results)
+        out = render_run(d)
+    except (OSError, ValueError) as e:
+        print(f"etcdproof analyze: {e}", file=sys.stderr)
+        return 2
     print(summary(Outcome(d, results["valid"], results)))
     print(f"report: {out}")
     return {True: 0, False: 1}.get(results["valid"], 2)
@@ -200,5 +207,9 @@ def report_main(argv: list[str]) -> int:
     if not (d / store.TEST_JSON).exists():
         print(f"etcdproof report: {d} is not a run directory (no {store.TEST_JSON})", file=sys.stderr)
         return 2
-    print(render_run(d))
+    try:
+        print(render_run(d))
+    except (OSError, ValueError) as e:
+        print(f"etcdproof report: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -1,13 +1,12 @@
 """Data for reports, prepared by pure functions of a run's files (no plotting, no HTML here)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, Op, load_history
-from harness.store import HISTORY, RESULTS, TEST_JSON
+from harness.store import HISTORY, RESULTS, TEST_JSON, read_object
 
 
 @dataclass
@@ -18,18 +17,15 @@ class RunData:
     history: list[Op]
 
 
-def _read_json(p: Path) -> dict:
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-
-
 def load_run(run_dir: str | Path) -> RunData:
+    """A run's files (any not written yet read as empty); ValueError naming the file that is malformed."""
     d = Path(run_dir)
-    hist = load_history(str(d / HISTORY)) if (d / HISTORY).exists() else []
-    return RunData(d, _read_json(d / TEST_JSON), _read_json(d / RESULTS), hist)
+    test, results = read_object(d / TEST_JSON), read_object(d / RESULTS)
+    try:
+        hist = load_history(str(d / HISTORY)) if (d / HISTORY).exists() else []
+    except ValueError as e:
+        raise ValueError(f"{d / HISTORY}: {e}") from None
+    return RunData(d, test, results, hist)
 
 
 @dataclass(frozen=True)

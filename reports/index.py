@@ -8,12 +8,12 @@ the benchmarks; `etcdproof index` and `etcdproof serve` regenerate it on demand.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.store import read_object
 from reports.data import verdict_word
 from reports.templating import env, write_atomic
 
@@ -100,10 +100,9 @@ def bench_row(rel: str, bench: dict, present: set[str]) -> IndexRow:
 
 
 def _read(p: Path) -> dict:
+    """A run's JSON object, {} when it cannot be read: one broken run must not hide the others."""
     try:
-        with open(p, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
+        return read_object(p)
     except (OSError, ValueError):
         return {}
 

@@ -82,6 +82,20 @@ def test_analyze_and_report_refuse_what_is_not_a_run(tmp_path) -> None:
     assert "not a run directory" in one_line_error(etcdproof("report", str(tmp_path)))
 
 
+@pytest.mark.parametrize("test_json, history, expect", [
+    ("{not json", "", "test.json: not valid JSON"),
+    ("[]", "", "test.json: not a JSON object but list"),
+    ('{"spec": {"workload": "register"}}', "not json\n", "history.jsonl: history line 1:"),
+    ('{"spec": {"workload": "register"}}', "[1]\n", "history.jsonl: history line 1: not a JSON object"),
+])
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_analyze_and_report_name_the_malformed_file(tmp_path, command, test_json, history, expect) -> None:
+    (tmp_path / "test.json").write_text(test_json)
+    (tmp_path / "history.jsonl").write_text(history)
+    err = one_line_error(etcdproof(command, str(tmp_path)))
+    assert err.startswith(f"etcdproof {command}: {tmp_path}/") and expect in err, err
+
+
 def test_a_setup_failure_is_one_line_and_leaves_a_run_that_says_why(tmp_path) -> None:
     import json
 
