@@ -14,6 +14,7 @@ import pytest
 from harness.client import ClientError, EtcdClient
 from nemesis import lostwrites as L
 from nemesis.lwfs import PAGE, Overlay
+from nemesis.process import proc_state
 from nemesis_support import cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -94,6 +95,11 @@ def test_lwfs_drops_unsynced_data_on_crash_and_keeps_synced(request, embedded_cl
         assert size("unsynced") == 20000
         assert r.run(f"stat -c %s {lay.backing}/data/unsynced").out.strip() == "0"  # not on disk yet
         r.signal_daemon(str(tmp_path / "writer.pid"), 9)  # the process dies first, then the power
+        for _ in range(50):
+            if r.daemon_pid(str(tmp_path / "writer.pid")) is None:
+                break
+            r.run("sleep 0.05")
+        assert proc_state(ctx, n1, pid) in ("", "Z")  # gone before the crash
         st = nem.control(ctx, n1, "crash")
         assert st["op"] == "crash" and st["crashes"] == 1
         assert set(st["dropped"]) == {"/data/synced", "/data/unsynced"}
@@ -103,7 +109,6 @@ def test_lwfs_drops_unsynced_data_on_crash_and_keeps_synced(request, embedded_cl
         assert r.run(f"head -c 200 {lay.data}/synced").out == "S" * 200  # the overwrite is gone too
         assert r.run(f"cat {lay.data}/dsync").out == "D" * 3000
         assert r.run(f"cat {lay.data}/renamed").out == "R" * 500
-        assert pid
         nem.teardown(ctx)
         assert not any(m == lay.mnt for m in L.mounts(r))
 
