@@ -285,6 +285,8 @@ def load(nodes: str = "local", nodes_file: str | None = None, username: str = "r
     """The inventory the options describe. connect: reach every SSH node now, so a bad host or
     key fails here with its one-line RemoteError rather than in the middle of a run."""
     say = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not nodes_file and nodes in ("local", "embedded", "loopback") and node_count < 1:
+        raise InventoryError(f"--node-count must be at least 1, not {node_count}")
     if nodes_file:
         inv = Inventory("file", load_nodes_file(nodes_file), _ssh_remote, source=os.path.abspath(nodes_file))
     elif nodes in ("local", "embedded"):

@@ -45,6 +45,7 @@ def test_unknown_command() -> None:
     (["--db", "mysql"], "invalid choice: 'mysql'"),
     (["--nemesis", "kill,meteor"], "unknown nemesis 'meteor'"),
     (["-w", "queue"], "unknown workload 'queue'"),
+    (["--nodes", "loopback", "--node-count", "0"], "--node-count must be at least 1, not 0"),
 ])
 def test_bad_test_flags(args, expect, tmp_path) -> None:
     r = etcdproof("test", "--store", str(tmp_path), *args)
