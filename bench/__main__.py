@@ -41,6 +41,9 @@ def kv_main(argv: list[str]) -> int:
     p.add_argument("--http-port", type=int, default=2378, help="with --nodes: the reference server's HTTP port (metrics)")
     p.add_argument("--etcd-bin", default="/usr/bin/etcd", help="with --nodes: etcd binary on the nodes")
     args = p.parse_args(argv)
+    problem = bad_kv_args(args)
+    if problem:
+        p.error(problem)
     if args.compare:
         args.db = "both"
     started = time.time()
@@ -58,6 +61,29 @@ def kv_main(argv: list[str]) -> int:
         print("bench: real etcd not found (install Debian etcd-server)", file=sys.stderr)
         return 2
     return _kv_run(args, dbs, started, None)
+
+
+KV_OPS = ("put", "range", "range-serializable")
+
+
+def bad_kv_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the kv flags, found before any server starts; None if nothing."""
+    try:
+        clients = [int(c) for c in args.clients.split(",")]
+    except ValueError:
+        return f"--clients {args.clients!r}: comma-separated whole numbers"
+    if min(clients) < 1:
+        return f"--clients {args.clients!r}: each count must be at least 1"
+    unknown = [o for o in args.ops.split(",") if o not in KV_OPS]
+    if unknown:
+        return f"--ops: unknown op {unknown[0]!r}: choose from {', '.join(KV_OPS)}"
+    if args.duration <= 0:
+        return f"--duration must be positive, not {args.duration:g}"
+    for name in ("procs", "cluster_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, not {v}"
+    return None
 
 
 def _kv_cluster(db: str, args: argparse.Namespace, tmp: str, inv):
@@ -175,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return disk_main(argv[1:])
     if not argv or argv[0] not in ("kv",):
-        print("usage: python -m bench kv|disk|checker [options]", file=sys.stderr)
+        usage = "usage: etcdproof bench kv|disk|checker [options]  (`etcdproof bench kv --help` for its options)"
+        if argv and argv[0] in ("-h", "--help"):
+            print(usage)
+            return 0
+        print(usage, file=sys.stderr)
+        what = f"unknown benchmark {argv[0]!r}" if argv else "no benchmark named"
+        print(f"etcdproof bench: {what}: choose kv, disk or checker", file=sys.stderr)
         return 2
     return kv_main(argv[1:])
 

@@ -53,6 +53,21 @@ def test_bad_test_flags(args, expect, tmp_path) -> None:
     assert not any(tmp_path.iterdir()), "a run directory was made for a test that could not run"
 
 
+@pytest.mark.parametrize("args, expect", [
+    ([], "no benchmark named"),
+    (["frob"], "unknown benchmark 'frob'"),
+    (["kv", "--clients", "1,many"], "--clients '1,many': comma-separated whole numbers"),
+    (["kv", "--clients", "0,64"], "each count must be at least 1"),
+    (["kv", "--ops", "put,scan"], "unknown op 'scan'"),
+    (["kv", "--duration", "-5"], "--duration must be positive"),
+    (["kv", "--procs", "0"], "--procs must be at least 1"),
+])
+def test_bad_bench_flags(args, expect, tmp_path) -> None:
+    r = etcdproof("bench", *args, "--store", str(tmp_path)) if args else etcdproof("bench")
+    assert expect in one_line_error(r)
+    assert not any(tmp_path.iterdir()), "something was stored for a benchmark that could not run"
+
+
 def test_missing_nodes_file(tmp_path) -> None:
     err = one_line_error(etcdproof("test", "--nodes-file", str(tmp_path / "nope.toml"), "--store", str(tmp_path)))
     assert "nope.toml" in err and "no such file" in err
