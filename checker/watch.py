@@ -413,7 +413,9 @@ def resume_gaps(streams: list[Stream]) -> int:
 
 def compactions_in(history: list[Op]) -> list[tuple[int, int]]:
     """(index of the invoke, revision compacted to) of every compaction that happened: the
-    workload's `compact` ops and the admin nemesis's (whose evidence names `compacted_to`)."""
+    workload's `compact` ops and the admin nemesis's (whose evidence names `compacted_to`), and
+    every compaction a cancelled stream proves (at that stream's completion: a compact op whose
+    response was lost names no revision, but the cancel does)."""
     out, started = [], {}
     for op in history:
         if op.type == "invoke":
@@ -428,6 +430,9 @@ def compactions_in(history: list[Op]) -> list[tuple[int, int]]:
             rev = op.value["compact"].get("compacted_to")
             if isinstance(rev, int):
                 out.append((at, rev))
+        elif op.f == "watch" and isinstance(op.value, dict):
+            out.extend((op.index, r["compact"]) for r in op.value.get("responses") or ()
+                       if r.get("canceled") and isinstance(r.get("compact"), int) and r["compact"] > 0)
     return out
 
 

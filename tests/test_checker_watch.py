@@ -427,13 +427,19 @@ def test_a_delete_at_the_compaction_revision_missed_by_a_later_watch_is_compacte
             h.ops.append(type(h.ops[0])(len(h.ops), "nemesis", "invoke", "start-admin"))
             h.ops.append(type(h.ops[0])(len(h.ops), "nemesis", "ok", "start-admin",
                                         {"compact": {"node": "n1", "compacted_to": c, "physical": True}}))
+        elif compact_first == "cancel":  # the compact op timed out; a cancelled watch names its revision
+            h.invoke(5, "compact", 30)
+            h.info(5)
+            cancelled = record(s, 5)
+            cancelled["responses"] = [{"h": s.rev, "canceled": True, "compact": c, "reason": "compacted"}]
+            add_watch(h, cancelled, p=51)
         rec = record(s, c)
         rec["responses"] = [r for r in rec["responses"] if not (r.get("ev") and r["ev"][0][0] == c)]
         ix = add_watch(h, rec)
         finish(h, s)
         return h, ix
 
-    for how in ("workload", "nemesis"):
+    for how in ("workload", "nemesis", "cancel"):
         h, ix = build(compact_first=how)
         r = watch.check(h.ops)
         assert r["valid"] is True, (how, r["failures"])
