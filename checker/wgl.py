@@ -42,7 +42,7 @@ How it works (the shape of Porcupine's checker, written for Python):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 VALID, INVALID, UNKNOWN = True, False, "unknown"
@@ -89,9 +89,6 @@ class Outcome:
     steps: int
     cache_size: int
     reason: str = ""
-    linearized_required: int = 0
-    required: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class _Entry:
@@ -257,8 +254,7 @@ def search(
     while True:
         if remaining == 0:
             path = _path(stack, state)
-            return Outcome(VALID, path, state, steps, len(seen) + len(dominated_by),
-                           linearized_required=n_req, required=n_req)
+            return Outcome(VALID, path, state, steps, len(seen) + len(dominated_by))
         steps += 1
         if not steps & 2047:
             if max_steps is not None and steps >= max_steps:
@@ -403,8 +399,7 @@ def search(
     # failed, or out of budget: report the longest prefix seen
     path = _path_from(best, best_state)
     verdict = INVALID if not reason else UNKNOWN
-    return Outcome(verdict, path, best_state, steps, len(seen) + len(dominated_by), reason=reason,
-                   linearized_required=max(best_len, 0), required=n_req)
+    return Outcome(verdict, path, best_state, steps, len(seen) + len(dominated_by), reason=reason)
 
 
 def _path(stack: list[tuple[_Entry, Any, int]], end_state: Any) -> list[tuple[Operation, Any]]:
