@@ -21,7 +21,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, load_history
 from harness import store
@@ -101,6 +101,21 @@ def run_checkers(workload: Workload, history: list[Op]) -> dict:
         res["seconds"] = round(time.monotonic() - t0, 3)
         out[name] = res
     return {"valid": compose(out), "checkers": out}
+
+
+async def to_the_end(aw: Awaitable[Any]) -> bool:
+    """Await aw to its end even when this task is cancelled meanwhile (a heal or a teardown cut
+    short leaves faults or servers behind); True if a cancellation came."""
+    inner = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(inner)
+            return cancelled
+        except asyncio.CancelledError:
+            if inner.done():  # aw itself was cancelled, not this task
+                raise
+            cancelled = True
 
 
 class Progress:
@@ -285,9 +300,10 @@ class Runner:
                 await asyncio.gather(nemesis, return_exceptions=True)
                 await asyncio.gather(*workers, return_exceptions=True)
             self.progress.phase = "healing"
-            await asyncio.shield(self.schedule.heal_all())
+            interrupted = await to_the_end(self.schedule.heal_all())
             healed = True
-            await self.recovery()
+            if not interrupted:
+                await self.recovery()
         except asyncio.CancelledError:
             interrupted = True
         except Exception as e:  # noqa: BLE001 - faults healed and servers stopped below, then said
@@ -298,8 +314,8 @@ class Runner:
             self.progress.phase = "teardown"
             # faults first, whatever happened above; then collect and stop the servers
             if not healed:
-                await asyncio.shield(self.schedule.heal_all())
-            await asyncio.shield(asyncio.to_thread(self.teardown))
+                interrupted |= await to_the_end(self.schedule.heal_all())
+            interrupted |= await to_the_end(asyncio.to_thread(self.teardown))
             self._hist_file.close()
         return self.finish(interrupted, error)
 

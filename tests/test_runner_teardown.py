@@ -1,0 +1,165 @@
+"""The runner's last phases finish even when the run is interrupted during them.
+
+A first Ctrl-C that lands while the runner heals or tears down (collecting node logs takes a
+while) must not cut those short: every fault class is healed once, the servers are stopped, the
+history is closed and results.json says the run was interrupted. Driven by in-memory fakes of
+the DB, the fault class and the workload (as Jepsen tests its runner), so the timing of the
+interruption is exact; the real-process interrupt runs are tests/test_interrupt.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+from harness import store
+from harness.db import DBError
+from harness.generator import OpTemplate
+from harness.inventory import Node
+from harness.runner import Runner
+from harness.runner import TestSpec as Spec
+
+NODES = [Node("n1", "127.0.0.1")]
+
+
+class FakeDB:
+    kind = "fake"
+
+    def __init__(self, setup_fails: bool = False) -> None:
+        self.setup_fails = setup_fails
+        self.tearing_down = threading.Event()
+        self.stopped = False
+
+    def setup(self) -> None:
+        if self.setup_fails:
+            raise DBError("n1: cannot start the fake server")
+
+    def version(self, n: Node) -> str:
+        return "fake 1"
+
+    def client_endpoint(self, n: Node) -> str:
+        return "127.0.0.1:1"  # nothing listens: every op fails at once, definitely
+
+    def wait_healthy(self, timeout: float) -> None:
+        pass
+
+    def collect(self, n: Node, dest: str) -> None:
+        self.tearing_down.set()
+        time.sleep(0.4)  # as copying a node's data takes a while
+
+    def teardown(self) -> None:
+        self.stopped = True
+
+
+class FakeFault:
+    """A fault class that only heals, slowly, and counts its heals and how many overlapped."""
+
+    name = "partition"
+
+    def __init__(self) -> None:
+        self.heals = 0
+        self.overlap = 0
+        self.healing = threading.Event()
+        self._running = 0
+        self._lock = threading.Lock()
+        self.torn_down = False
+
+    def setup(self, ctx) -> None:
+        pass
+
+    def heal(self, ctx) -> dict:
+        with self._lock:
+            self._running += 1
+            self.overlap = max(self.overlap, self._running)
+        self.healing.set()
+        time.sleep(0.3)
+        with self._lock:
+            self._running -= 1
+            self.heals += 1
+        return {"healed": True}
+
+    def teardown(self, ctx) -> None:
+        self.torn_down = True
+
+
+class FakeWorkload:
+    name = "fake"
+
+    def op_source(self, seed: int, worker: int):
+        class Reads:
+            def next(self) -> OpTemplate:
+                return OpTemplate("read", "k", None)
+
+        return Reads()
+
+    async def setup(self, client) -> None:
+        pass
+
+    async def invoke(self, client, op: OpTemplate):
+        return "ok", 1, {}
+
+    def final_ops(self, history) -> list:
+        return []
+
+    def checkers(self) -> dict:
+        return {}
+
+
+def runner(tmp_path: Path, db: FakeDB, fault: FakeFault, time_limit: float = 0.2) -> Runner:
+    spec = Spec(workload="fake", db="fake", nemesis=["partition"], time_limit=time_limit, rate=20,
+                    nemesis_interval=60, seed=1)
+    run_dir = store.new_run_dir(tmp_path, spec.test_name())
+    return Runner(spec, NODES, {}, db, FakeWorkload(), [fault], run_dir)
+
+
+def interrupt_when(r: Runner, moment: threading.Event, skip: int = 0):
+    """Run r and cancel it (as the first SIGINT does) once moment is set, after `skip` clears."""
+
+    async def go():
+        task = asyncio.ensure_future(r.run())
+        for _ in range(skip + 1):
+            while not moment.is_set():
+                await asyncio.sleep(0.005)
+            moment.clear()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return await task
+
+    return asyncio.run(go())
+
+
+def assert_finished_as_interrupted(r: Runner, outcome, db: FakeDB, fault: FakeFault) -> None:
+    assert outcome.interrupted and outcome.exit_code == 130
+    assert db.stopped and fault.torn_down and fault.overlap == 1
+    assert r._hist_file.closed
+    results = json.loads((r.run_dir / store.RESULTS).read_text())
+    assert results["interrupted"] is True and results["valid"] == "unknown"
+
+
+def test_interrupted_while_collecting_after_a_failed_setup(tmp_path: Path) -> None:
+    db, fault = FakeDB(setup_fails=True), FakeFault()
+    r = runner(tmp_path, db, fault)
+    outcome = interrupt_when(r, db.tearing_down)
+    assert_finished_as_interrupted(r, outcome, db, fault)
+    assert fault.heals == 1
+
+
+def test_interrupted_while_healing_after_a_failed_setup(tmp_path: Path) -> None:
+    db, fault = FakeDB(setup_fails=True), FakeFault()
+    r = runner(tmp_path, db, fault)
+    outcome = interrupt_when(r, fault.healing)
+    assert_finished_as_interrupted(r, outcome, db, fault)
+    assert fault.heals == 1
+
+
+def test_interrupted_during_the_final_heal_heals_once_and_skips_recovery(tmp_path: Path) -> None:
+    db, fault = FakeDB(), FakeFault()
+    r = runner(tmp_path, db, fault)
+    outcome = interrupt_when(r, fault.healing, skip=1)  # the first heal is the one before the workers
+    assert_finished_as_interrupted(r, outcome, db, fault)
+    assert fault.heals == 2  # before the run and after it, never twice at once
+    history = [json.loads(x) for x in (r.run_dir / store.HISTORY).read_text().splitlines()]
+    assert [h["type"] for h in history if h["process"] == "nemesis"] == ["invoke", "ok", "invoke", "ok"]
+    assert any(h["process"] != "nemesis" for h in history), "the main phase ran no op"
