@@ -42,16 +42,32 @@ def test_auto_switches_to_workers_only_after_a_while(monkeypatch):
 
 
 def test_kv_states_cross_process_boundaries():
-    """KV states carry per-process string hashes; unpickled they must be rehashed."""
-    import pickle
+    """KV states carry per-process string hashes; unpickled they must be rehashed. Checked
+    across interpreters with different hash seeds (one process would hash alike anyway), and
+    through worker processes (the kv model has one partition, so check() never uses them: the
+    pool is called directly with two)."""
+    import os
+    import subprocess
+    import sys
 
-    from checker.kv import KVState
+    make = "from checker.kv import KVState, UNOBSERVED; s = KVState(5, {'a': ('1', 2, 5, 2), 'b': (UNOBSERVED, 3, 4, 1)})"
+    dump = subprocess.run([sys.executable, "-c", f"import pickle, sys; {make}; sys.stdout.buffer.write(pickle.dumps(s))"],
+                          capture_output=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "1"}).stdout
+    load = (f"import pickle, sys; {make}; t = pickle.loads(sys.stdin.buffer.read()); "
+            "print(t == s and hash(t) == hash(s) and t.data['b'][0] is UNOBSERVED)")
+    out = subprocess.run([sys.executable, "-c", load], input=dump, capture_output=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONHASHSEED": "2"}).stdout
+    assert out.strip() == b"True"
 
-    s = KVState(5, {"a": ("1", 2, 5, 2)})
-    t = pickle.loads(pickle.dumps(s))
-    assert t == s and hash(t) == hash(s)
-    h = synth.kv_history(random.Random(3), 200, processes=4, keys=3)
-    assert check(h, kv_model(), workers=2).valid is True
+    model = kv_model()
+    groups = [linearizable.operations(synth.kv_history(random.Random(seed), 120, processes=4, keys=3), model)
+              for seed in (3, 4)]
+    here = [linearizable.check_partition(model, g) for g in groups]
+    there = linearizable._check_parallel(model, groups, None, None, 2, 0)
+    for a, b in zip(here, there):
+        assert a.valid is True and b.valid is True
+        assert b.end_state == a.end_state and hash(b.end_state) == hash(a.end_state)
+        assert [op.index for op, _ in b.path] == [op.index for op, _ in a.path]
 
 
 FORBIDDEN = ("harness", "server", "reports", "workloads", "nemesis", "bench")
