@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, Op, load_history
+from checker.history import INFO, INVOKE, NEMESIS, OK, Op, load_history
 from harness.store import HISTORY, RESULTS, TEST_JSON, read_object
 
 
@@ -113,13 +113,6 @@ FAULT_COLORS = ["#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#d9d9d9"
 def fault_color(name: str, names: list[str]) -> str:
     """The colour of a fault class among the classes of a run (the same in plots and timelines)."""
     return FAULT_COLORS[names.index(name) % len(FAULT_COLORS)] if name in names else FAULT_COLORS[-1]
-
-
-def outcome_counts(history: list[Op]) -> dict[str, int]:
-    c = {OK: 0, FAIL: 0, INFO: 0}
-    for op in completed_ops(history):
-        c[op.type] += 1
-    return c
 
 
 def checker_rows(results: dict) -> list[dict]:
