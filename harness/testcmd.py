@@ -151,8 +151,18 @@ def test_main(argv: list[str]) -> int:
     from harness.remote import RemoteError
     from nemesis.registry import NemesisSpecError
 
+    from workloads import registry as workloads
+
+    names = [s.strip() for s in args.workload.split(",") if s.strip()]
+    if not names:
+        p.error(f"-w {args.workload!r}: no workload named")
+    for w in names:  # every name checked before the first run starts
+        try:
+            workloads.build(w)
+        except ValueError as e:
+            p.error(str(e))
     codes = []
-    for w in [s.strip() for s in args.workload.split(",") if s.strip()]:
+    for w in names:
         try:
             o = run_one(args, w)
         except (InventoryError, RemoteError, DBError, NemesisSpecError, ValueError) as e:

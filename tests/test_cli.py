@@ -46,6 +46,9 @@ def test_unknown_command() -> None:
     (["--nemesis", "kill,meteor"], "unknown nemesis 'meteor'"),
     (["-w", "queue"], "unknown workload 'queue'"),
     (["--nodes", "loopback", "--node-count", "0"], "--node-count must be at least 1, not 0"),
+    # the second name is checked before the first run would start (the nodes file cannot even load)
+    (["-w", "register,queue", "--nodes-file", "/nonexistent.toml"], "unknown workload 'queue'"),
+    (["-w", ","], "no workload named"),
 ])
 def test_bad_test_flags(args, expect, tmp_path) -> None:
     r = etcdproof("test", "--store", str(tmp_path), *args)
