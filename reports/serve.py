@@ -79,7 +79,10 @@ class Store:
                 if run.parent.parent == self.root and (run / "test.json").exists() and not (run / "index.html").exists():
                     from reports.run import render_run
 
-                    render_run(run)
+                    try:
+                        render_run(run)
+                    except (OSError, ValueError) as e:  # a malformed run: its files are listed instead
+                        print(f"etcdproof serve: no report for {run}: {e}", file=sys.stderr, flush=True)
 
 
 def make_server(root: str | Path, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False) -> ThreadingHTTPServer:
