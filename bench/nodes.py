@@ -22,12 +22,11 @@ def load_nodes(args: argparse.Namespace, prog: str) -> Inventory | None:
     when a node cannot be reached."""
     if not (args.nodes or args.nodes_file):
         return None
-    from harness.inventory import InventoryError, load
+    from harness.inventory import InventoryError, resolve
     from harness.remote import RemoteError
 
     try:
-        return load(nodes=args.nodes or "local", nodes_file=args.nodes_file, username=args.username,
-                    ssh_private_key=args.ssh_private_key, node_count=args.node_count)
+        return resolve(args)
     except (InventoryError, RemoteError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -64,6 +64,8 @@ def test_bad_test_flags(args, expect, tmp_path) -> None:
     (["kv", "--ops", "put,scan"], "unknown op 'scan'"),
     (["kv", "--duration", "-5"], "--duration must be positive"),
     (["kv", "--procs", "0"], "--procs must be at least 1"),
+    (["kv", "--nodes", "loopback", "--node-count", "0"], "bench kv: --node-count must be at least 1"),
+    (["disk", "--nodes-file", "/nonexistent.toml"], "bench disk: --nodes-file /nonexistent.toml: no such file"),
 ])
 def test_bad_bench_flags(args, expect, tmp_path) -> None:
     r = etcdproof("bench", *args, "--store", str(tmp_path)) if args else etcdproof("bench")
