@@ -1,4 +1,5 @@
 """The runner's core: remotes, inventories, DB lifecycle, the etcd client, generators, history, CLI.
 
-May import server.proto (the wire stubs) but nothing else of server/; never imports reports.
+May import server.proto (the wire stubs) and server.keyrange but nothing else of server/; imports
+reports only where the runner renders a finished run's report (reports never import the runner).
 """
