@@ -9,13 +9,16 @@ is checked twice with the linearizability engine (checker/linearizable.py, mutex
 - as leases allow: a hold not proven to the end (its release found the key missing, a fenced
   write was refused, it ended without a release because the process died or the release
   failed, or it was still open when the run ended) may have ended as early as the last moment
-  it was proven alive (its last successful fenced write, else its acquire).
+  it was proven alive: its last successful fenced write, else the grant itself, which may
+  lie anywhere in its acquire's interval (a member paused after granting answers late, when
+  the lease may long have expired and the lock passed on).
 
 A failure of the first that the second explains is the known weakness, reported as such (valid,
 weak=true, with the ops). A failure of the second is a real violation: etcd granted the lock
 while the previous holder's key still existed. A hold is given its own process in these
-derived histories (Jepsen's mutex model knows one hold per process), and every result names
-the original ops.
+derived histories (Jepsen's mutex model knows one hold per process); a lease-ended release,
+which may fall inside its own acquire's interval, gets a process of its own that releases on
+the hold's behalf. Every result names the original ops.
 
 The fenced counter: each increment read the counter and wrote counter+1 in a Txn whose only
 compare was "our lock key still exists". With the fence, two increments can never run on one
@@ -45,7 +48,7 @@ class Hold:
     release: tuple[Op, Op | None] | None = None
     end: int | None = None  # invoke index of the op that ended it without a release (died, failed release)
     end_why: str = ""
-    proof: int = 0  # index after which the hold is proven alive (acquire completion / ok fenced write invoke)
+    proof: int = 0  # index after which the hold is proven alive (acquire invoke / ok fenced write invoke)
     lost: bool = False  # found gone: a release saw the key missing, or a fenced write was refused
     fenced_writes: int = 0
 
@@ -77,7 +80,7 @@ def holds(history: list[Op]) -> list[Hold]:
                     h.end, h.end_why = inv.index, "acquired again"
                 if typ == FAIL:
                     continue
-                h = Hold(proc, name, (inv, comp), proof=comp.index if comp is not None else inv.index)
+                h = Hold(proc, name, (inv, comp), proof=inv.index)
                 out.append(h)
                 if typ == OK:
                     cur[name] = h
@@ -123,9 +126,10 @@ def derived_history(hs: list[Hold], lease_aware: bool) -> tuple[list[Op], dict[i
     """A mutex history with one process per hold; returns it and new index -> original index."""
     events: list[tuple[tuple, Op, int]] = []  # (sort key, op, original index)
 
-    def add(pos: int, sub: int, op: Op, vp: str, original: int, typ: str | None = None) -> None:
-        e = Op(0, vp, typ or op.type, op.f, op.value, key=op.key, node=op.node, time=op.time, wall=op.wall,
-               error=op.error, extra=op.extra)
+    def add(pos: int, sub: int, op: Op, vp: str, original: int, holder: str | None = None) -> None:
+        extra = op.extra if holder is None else {**op.extra, "holder": holder}
+        e = Op(0, vp, op.type, op.f, op.value, key=op.key, node=op.node, time=op.time, wall=op.wall,
+               error=op.error, extra=extra)
         events.append(((pos, sub, len(events)), e, original))
 
     for n, h in enumerate(hs):
@@ -135,21 +139,20 @@ def derived_history(hs: list[Hold], lease_aware: bool) -> tuple[list[Op], dict[i
         if comp is not None:
             add(comp.index, 0, comp, vp, comp.index)
         widen = lease_aware and not h.certain
+        # a widened release may start before the acquire returned, so not on the hold's process
+        rp, holder = (f"{vp}~lease", vp) if widen else (vp, None)
         if h.release is not None:
             rinv, rcomp = h.release
-            if widen:
-                add(h.proof, 1, rinv, vp, rinv.index)
-            else:
-                add(rinv.index, 0, rinv, vp, rinv.index)
+            add(h.proof if widen else rinv.index, 1 if widen else 0, rinv, rp, rinv.index, holder)
             if rcomp is not None:
-                add(rcomp.index, 0, rcomp, vp, rcomp.index)
+                add(rcomp.index, 0, rcomp, rp, rcomp.index, holder)
         elif comp is not None and h.end is not None:
             # no release: its lease ends it some time after `end` (the process died, the release
             # failed, the run stopped), or after its last proof (lease-aware)
-            release = Op(0, vp, INVOKE, "release", None, key=h.key)
+            release = Op(0, rp, INVOKE, "release", None, key=h.key)
             at = h.proof if widen else h.end
             assert at is not None
-            add(at, 1, release, vp, at)
+            add(at, 1, release, rp, at, holder)
     events.sort(key=lambda e: e[0])
     out, back = [], {}
     for i, (_, op, original) in enumerate(events):

@@ -381,7 +381,9 @@ class MutexModel(Model):
     """A lock per key: acquire and release by a process. State: the holder's process or None.
 
     A failed acquire or release did not happen. An acquire that timed out may have taken the
-    lock (and then its process, which never invokes again, holds it for good).
+    lock (and then its process, which never invokes again, holds it for good). A release whose
+    invoke names a holder (extra["holder"]) releases on that process's behalf: the lock
+    checker's lease expiries, which may happen while the holder's acquire is still open.
     """
 
     name = "mutex"
@@ -392,7 +394,8 @@ class MutexModel(Model):
             raise ValueError(f"op {invoke.index}: the mutex model has no operation {invoke.f!r} (acquire, release)")
         if t == FAIL:
             return None
-        return (invoke.f, invoke.process), (None if t == OK else UNKNOWN), t == OK
+        who = invoke.extra.get("holder", invoke.process) if invoke.f == "release" else invoke.process
+        return (invoke.f, who), (None if t == OK else UNKNOWN), t == OK
 
     def step(self, state: Any, inp: tuple, out: Any) -> tuple[bool, Any]:
         f, who = inp

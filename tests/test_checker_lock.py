@@ -104,6 +104,31 @@ def test_a_second_holder_after_a_lease_expired_is_the_known_weakness() -> None:
     assert lock.check_counter(h.ops)["valid"] is True
 
 
+def test_a_grant_answered_after_its_lease_expired_is_the_known_weakness() -> None:
+    """A's member grants, then is paused past the TTL before answering; the lease expires, B takes
+    the lock and still holds it when A's answer arrives. A's hold may have ended before its
+    acquire returned: weak, not a violation (a release placed after the acquire's return would
+    overlap B's hold and accuse etcd wrongly)."""
+    h = History()
+    h.invoke(1, "acquire", "v3lock", key=L)  # granted at once; the answer is late
+    b = acquire(h, 2, lease=2)
+    a = h.ok(1, lease=1, lease_deadline_in=-3.0)
+    ra = release(h, 1, lost=True)  # A's release finds its key gone
+    release(h, 2)
+    m = lock.check_mutex(h.ops)
+    assert m["valid"] is True and m["weak"] is True, m
+    involved = {i for w in m["weakness"] for i in w["ops"]}
+    assert involved & {b.index, a.index, ra.index}
+    # the same interleaving with A's release proving its key still there is a real violation
+    h = History()
+    h.invoke(1, "acquire", "v3lock", key=L)
+    acquire(h, 2, lease=2)
+    h.ok(1, lease=1, lease_deadline_in=2.0)
+    release(h, 1)
+    release(h, 2)
+    assert lock.check_mutex(h.ops)["valid"] is False
+
+
 def test_a_holder_whose_process_died_is_released_by_its_lease() -> None:
     h = History()
     acquire(h, 1)
@@ -195,6 +220,8 @@ def test_derived_histories_give_each_hold_a_process_and_widen_only_unproven_rele
     strict, back = lock.derived_history(hs, lease_aware=False)
     aware, back2 = lock.derived_history(hs, lease_aware=True)
     assert {op.process for op in strict} == {"1#0"}
+    assert [op.process for op in aware] == ["1#0", "1#0", "1#0~lease", "1#0~lease"]
+    assert aware[2].extra["holder"] == "1#0" and "holder" not in strict[2].extra
     assert [back[op.index] for op in strict] == [0, 1, 4, 5]  # the release where it happened
     assert [back2[op.index] for op in aware] == [0, 1, 4, 5]
     # lease-aware: the release may have happened right after the last proven moment (the incr's invoke)
