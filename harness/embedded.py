@@ -43,6 +43,7 @@ DEFAULT_PREFIX = "etcdproof"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 FORWARD_COMMENT = "etcdproof-embedded"
 FIRST_HOST = 11  # node i gets <subnet>.<10+i>
+STATE_KEYS = frozenset({"prefix", "subnet", "bridge", "control_ip", "nodes"})  # of cluster.json, as plan() writes it
 
 
 class EmbeddedUnavailable(Exception):
@@ -183,11 +184,15 @@ class EmbeddedCluster:
     def load(self) -> dict | None:
         try:
             with open(self.state_file) as f:
-                return json.load(f)
+                st = json.load(f)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
             raise EmbeddedError(f"{self.state_file}: unreadable ({e})") from None
+        if not isinstance(st, dict) or not STATE_KEYS <= st.keys() or not isinstance(st["nodes"], list):
+            raise EmbeddedError(f"{self.state_file}: not a cluster state written by etcdproof "
+                                f"(it needs {', '.join(sorted(STATE_KEYS))})")
+        return st
 
     def save(self, st: dict) -> None:
         tmp = self.state_file + ".tmp"

@@ -177,6 +177,21 @@ def test_without_root_local_falls_back_to_loopback():
                                        "(network namespaces, veths and sshd on port 22 need root)"]
 
 
+@pytest.mark.parametrize("text, expect", [
+    ("{half", "unreadable"),
+    ("{}", "not a cluster state written by etcdproof"),
+    ('{"prefix": "x", "subnet": "s", "bridge": "b", "control_ip": "c", "nodes": 5}', "not a cluster state"),
+])
+def test_a_broken_state_file_is_one_line(tmp_path, text, expect):
+    (tmp_path / "cluster.json").write_text(text)
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "cluster", "status", "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"etcdproof cluster status: {tmp_path}/cluster.json: "), p.stderr
+    assert expect in lines[0]
+
+
 def test_cluster_status_cli(embedded_cluster):
     p = subprocess.run([sys.executable, "-m", "harness.cli", "cluster", "status"], capture_output=True,
                        text=True, cwd=REPO, timeout=60)
