@@ -161,6 +161,9 @@ class LostWritesNemesis:
         errors.update(errors2)
         if errors:
             raise LostWritesError("lost-writes crash failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        alive = sorted(k for k, gone in killed.items() if not gone)
+        if alive:
+            raise LostWritesError(f"SIGKILL sent but the server still holds its pidfile on {', '.join(alive)}")
         ev = {}
         for n in running:
             st = dropped[n.name]

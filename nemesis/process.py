@@ -15,6 +15,11 @@ from nemesis.base import FaultRefused, NemesisContext, choose_targets
 MODES = ("one", "minority", "leader", "all")
 
 
+class ProcessFaultError(Exception):
+    """A signal was sent but the node's own evidence says it did not take; names the nodes.
+    Raised after every target was tried, so the schedule records the start as info and heals."""
+
+
 def proc_state(ctx: NemesisContext, n: Node, pid: int) -> str:
     """The one-letter kernel state of pid on n (R, S, D, T, Z...), or '' if it is gone."""
     r = ctx.remotes[n.name].run(f"cat /proc/{pid}/stat 2>/dev/null", timeout=10, check=False)
@@ -66,6 +71,9 @@ class KillNemesis(_ProcessFault):
             self.affected.append(n)
         if not killed:
             raise FaultRefused(f"no running server among {', '.join(n.name for n in targets)}")
+        alive = sorted(k for k, v in killed.items() if not v["gone"])
+        if alive:
+            raise ProcessFaultError(f"SIGKILL sent but the server still holds its pidfile on {', '.join(alive)}: {killed}")
         return {"mode": mode, "signal": "SIGKILL", "nodes": sorted(killed), "killed": killed}
 
     def stop(self, ctx: NemesisContext) -> dict:
@@ -104,6 +112,9 @@ class PauseNemesis(_ProcessFault):
             self.affected.append(n)
         if not paused:
             raise FaultRefused(f"no running server among {', '.join(n.name for n in targets)}")
+        running = sorted(k for k, v in paused.items() if v["state"] != "T")
+        if running:
+            raise ProcessFaultError(f"SIGSTOP sent but the kernel does not show stopped on {', '.join(running)}: {paused}")
         return {"mode": mode, "signal": "SIGSTOP", "nodes": sorted(paused), "paused": paused}
 
     def stop(self, ctx: NemesisContext) -> dict:
