@@ -346,6 +346,12 @@ class ClockNemesis:
         measured, errors = on_nodes([n for n in nodes if n.name in self.clocks], one)
         if errors:
             raise ClockError("clock reset failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        # faketime offsets are against the real clock, so back means ~0; a settime node's clock
+        # is compared with the control node's, which it need not have matched before the fault
+        off = {k: v for k, v in measured.items()
+               if self.clocks[k].method == "faketime" and abs(v["offset"]) > max(1.0, 4 * v["error"])}
+        if off:
+            raise ClockError("clock reset not seen: " + "; ".join(f"{k} still {v['offset']:+.3f}s" for k, v in off.items()))
         return {"nodes": sorted(measured), "measured": measured}
 
     def stop(self, ctx: NemesisContext) -> dict:
