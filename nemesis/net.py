@@ -226,6 +226,10 @@ class NetNemesis:
             if shape.rate_kbit or (netem and (shape.delay_ms or shape.loss)):
                 r.run(tc_script(dev, ports, shape, netem), timeout=30)
                 ev["tc"] = read_tc(r, dev)
+                ours = [x for x in ev["tc"]["qdisc"] if f"{HANDLE}:" in x]
+                if not ours or (netem and (shape.delay_ms or shape.loss) and not any("netem" in x for x in ours)):
+                    raise NetError(f"{n.name}: tc ran but {dev} shows no qdisc of ours"
+                                   f"{' with netem' if netem else ''}: {ev['tc']['qdisc']}")
             if need_queue:
                 ev.update(self._start_delayer(ctx, n, r, a, shape, ports))
             ev["rtt_ms_during"] = rtt(r, addrs)
