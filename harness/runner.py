@@ -15,9 +15,11 @@ in the history as they start and end. No op is ever retried behind the history's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +87,31 @@ def compose(results: dict[str, dict]) -> Any:
     if not verdicts or any(v is not True for v in verdicts):
         return "unknown"
     return True
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Any:
+    """SIGINT and SIGTERM raise KeyboardInterrupt inside the block.
+
+    The checkers are CPU-bound and run on the event loop's thread, so the loop's own signal
+    handlers could not act until they returned (up to their budget, minutes). Faults are healed
+    and servers stopped by then; nothing is left to protect, so a signal may cut the check short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def run_checkers(workload: Workload, history: list[Op]) -> dict:
@@ -342,7 +369,14 @@ class Runner:
             results = {"valid": "unknown", "checkers": {}, "error": error,
                        "reason": f"the run could not complete: {error}"}
         else:
-            results = run_checkers(self.workload, history)
+            try:
+                with signals_interrupt():
+                    results = run_checkers(self.workload, history)
+            except KeyboardInterrupt:
+                interrupted = True
+                results = {"valid": "unknown", "checkers": {}, "interrupted": True,
+                           "reason": f"interrupted while checking; `etcdproof analyze {self.run_dir}` checks the stored history again"}
+                log.warning("interrupted while checking; the history is stored")
         store.write_json(self.run_dir / store.RESULTS, results)
         self.write_test_json({"ended": time.time(), "interrupted": interrupted, "error": error,
                               "refused_faults": self.schedule.refused})

@@ -163,3 +163,40 @@ def test_interrupted_during_the_final_heal_heals_once_and_skips_recovery(tmp_pat
     history = [json.loads(x) for x in (r.run_dir / store.HISTORY).read_text().splitlines()]
     assert [h["type"] for h in history if h["process"] == "nemesis"] == ["invoke", "ok", "invoke", "ok"]
     assert any(h["process"] != "nemesis" for h in history), "the main phase ran no op"
+
+
+class SlowCheckWorkload(FakeWorkload):
+    """Its checker is the user's Ctrl-C: it signals the process, then computes for a long time."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    def checkers(self) -> dict:
+        def check(history) -> dict:
+            import os
+            import signal as sig
+
+            os.kill(os.getpid(), sig.SIGINT)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # CPU-bound, as the linearizability search is
+                sum(range(1000))
+            self.finished = True
+            return {"valid": True}
+
+        return {"slow": check}
+
+
+def test_a_signal_during_the_checkers_stops_them_and_the_run_ends_interrupted(tmp_path: Path) -> None:
+    from harness.runner import run_sync
+
+    db, fault = FakeDB(), FakeFault()
+    r = runner(tmp_path, db, fault)
+    r.workload = w = SlowCheckWorkload()
+    t0 = time.monotonic()
+    outcome = run_sync(r)  # the loop's SIGINT handler, as `etcdproof test` has it
+    assert time.monotonic() - t0 < 15 and not w.finished  # the check was cut short, not waited for
+    assert outcome.interrupted and outcome.exit_code == 130
+    results = json.loads((r.run_dir / store.RESULTS).read_text())
+    assert results["interrupted"] is True and results["valid"] == "unknown"
+    assert "etcdproof analyze" in results["reason"]
+    assert db.stopped and fault.torn_down  # all that came before the checkers
