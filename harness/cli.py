@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv else 2)
     module, func = COMMANDS[argv[0]][1].split(":")
     handler = getattr(importlib.import_module(module), func)
-    sys.exit(handler(argv[1:]))
+    try:
+        code = handler(argv[1:])
+    except KeyboardInterrupt:  # finally blocks have run: servers stopped, files closed
+        print(f"etcdproof {argv[0]}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,32 @@ def test_the_installed_command(tmp_path):
     r = subprocess.run([*cmd, "check", "--model", "register", bad], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "NOT linearizable" in r.stdout
+
+
+def test_ctrl_c_during_a_long_check_is_one_line_and_exit_130(tmp_path):
+    """The same 2^26 history with no budget: a SIGINT ends `etcdproof check` with exit 130 and
+    one line, not a traceback."""
+    import signal
+    import time
+
+    rec = Recorder()
+    for p in range(26):
+        rec.inv(p, "write", p)
+    for p in range(26):
+        rec.done(p, "ok", "write", p)
+    rec.op(100, "read", None, result=99)
+    path = save_jsonl(tmp_path, rec)
+    exe = os.path.join(os.path.dirname(sys.executable), "etcdproof")
+    proc = subprocess.Popen([exe, "check", "--model", "register", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # well into the search (the 0.5 s budget test shows it is still going)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip() == "etcdproof check: interrupted", err
