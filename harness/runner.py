@@ -315,6 +315,7 @@ class Runner:
             self.progress.started = time.monotonic()
             workers = [asyncio.create_task(self.worker(w)) for w in range(self.concurrency)]
             nemesis = asyncio.create_task(self.schedule.run())
+            late = False
             try:
                 await asyncio.sleep(self.spec.time_limit)
             except asyncio.CancelledError:
@@ -324,8 +325,15 @@ class Runner:
             finally:
                 self._stop.set()
                 nemesis.cancel()
-                await asyncio.gather(nemesis, return_exceptions=True)
-                await asyncio.gather(*workers, return_exceptions=True)
+                # both are over before any heal, even if a signal lands now: a fault still being
+                # applied would outlive the heal
+                late = await to_the_end(asyncio.gather(nemesis, return_exceptions=True))
+                if late:
+                    for w in workers:
+                        w.cancel()
+                late |= await to_the_end(asyncio.gather(*workers, return_exceptions=True))
+            if late:
+                raise asyncio.CancelledError
             self.progress.phase = "healing"
             interrupted = await to_the_end(self.schedule.heal_all())
             healed = True

@@ -200,3 +200,47 @@ def test_a_signal_during_the_checkers_stops_them_and_the_run_ends_interrupted(tm
     assert results["interrupted"] is True and results["valid"] == "unknown"
     assert "etcdproof analyze" in results["reason"]
     assert db.stopped and fault.torn_down  # all that came before the checkers
+
+
+class SlowStartFault(FakeFault):
+    """A fault whose start takes a second; heal notes whether a start was still in progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting = threading.Event()
+        self.in_start = False
+        self.healed_during_start = False
+
+    def start(self, ctx) -> dict:
+        self.in_start = True
+        self.starting.set()
+        time.sleep(1.0)
+        self.in_start = False
+        return {"nodes": ["n1"]}
+
+    def stop(self, ctx) -> dict:
+        return {"stopped": True}
+
+    def heal(self, ctx) -> dict:
+        self.healed_during_start |= self.in_start
+        return super().heal(ctx)
+
+
+def test_a_signal_just_after_the_time_limit_waits_for_the_fault_in_flight_before_healing(tmp_path: Path) -> None:
+    db, fault = FakeDB(), SlowStartFault()
+    spec = Spec(workload="fake", db="fake", nemesis=["partition"], time_limit=0.3, rate=20,
+                nemesis_interval=0.1, seed=1)
+    r = Runner(spec, NODES, {}, db, FakeWorkload(), [fault], store.new_run_dir(tmp_path, spec.test_name()))
+
+    async def go():
+        task = asyncio.ensure_future(r.run())
+        while not fault.starting.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.45)  # past the time limit, the start still running: the runner waits for it
+        assert fault.in_start
+        task.cancel()
+        return await task
+
+    outcome = asyncio.run(go())
+    assert not fault.healed_during_start, "the final heal ran while a fault was still being applied"
+    assert_finished_as_interrupted(r, outcome, db, fault)
