@@ -2,7 +2,10 @@
 
 The histories come from checker.synth (linearizable by construction, ops widened around their
 linearization points, timed-out ops taking effect inside or after their interval or never), so
-every verdict should be True; anything else within the time limit is reported as it is. Cases
+every verdict should be True; anything else within the time limit is reported as it is. The
+"corrupt" cases (run only with --only corrupt) change one response of such a history
+(checker.synth.corrupt_kv: a revision one off, a value nobody wrote, a txn outcome flipped, by
+seed), so most verdicts should be False. Cases
 (issue 5): 1,000 ops / 5 processes / 10% indeterminate; 10,000 ops over 10 keys / 20 processes
 (10% indeterminate); one key with 50 concurrent clients. Each for the register and the etcd KV
 model. Time is wall clock of check() (history -> verdict, explanations included when there is
@@ -36,6 +39,7 @@ class Case:
     keys: int
     info_rate: float
     target_s: float | None = None
+    corrupt: bool = False  # one response corrupted per history (synth.corrupt_kv; kind by seed)
 
 
 CASES = [
@@ -45,6 +49,10 @@ CASES = [
     Case("10k ops, 10 keys, 20 procs, 10% info", "kv", 10_000, 20, 10, 0.10, 5.0),
     Case("1 key, 50 procs, 2k ops, 10% info", "register", 2_000, 50, 1, 0.10),
     Case("1 key, 50 procs, 2k ops, 10% info", "kv", 2_000, 50, 1, 0.10),
+    # not linearizable (mostly): one corrupted response each, the kind cycling with the seed
+    Case("corrupt 1k ops, 5 procs, 10% info", "kv", 1_000, 5, 10, 0.10, corrupt=True),
+    Case("corrupt 3k ops, 20 procs, 10% info", "kv", 3_000, 20, 10, 0.10, corrupt=True),
+    Case("corrupt 10k ops, 20 procs, 10% info", "kv", 10_000, 20, 10, 0.10, corrupt=True),
 ]
 
 
@@ -53,7 +61,10 @@ def history(case: Case, seed: int) -> list:
     if case.model == "register":
         return synth.register_history(rng, case.ops, processes=case.processes, keys=case.keys,
                                       info_rate=case.info_rate)
-    return synth.kv_history(rng, case.ops, processes=case.processes, keys=case.keys, info_rate=case.info_rate)
+    h = synth.kv_history(rng, case.ops, processes=case.processes, keys=case.keys, info_rate=case.info_rate)
+    if case.corrupt:
+        h = synth.corrupt_kv(rng, h, synth.CORRUPTIONS[seed % len(synth.CORRUPTIONS)])
+    return h
 
 
 def model(case: Case):
@@ -108,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5, help="histories per case (seeds 0..N-1)")
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per check")
     p.add_argument("--workers", type=int, default=None, help="processes per check (default: by size)")
-    p.add_argument("--only", default="", help="comma-separated substrings of case names or models to run")
+    p.add_argument("--only", default="", help="comma-separated substrings of case names or models to run "
+                   "(\"corrupt\": the not-linearizable KV cases, which run only when named)")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    cases = [c for c in CASES if not args.only or any(s in f"{c.name} {c.model}" for s in args.only.split(","))]
+    cases = [c for c in CASES if (any(s in f"{c.name} {c.model}" for s in args.only.split(",")) if args.only
+                                  else not c.corrupt)]
     print(f"# {platform.node()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.seeds} seeds, time limit {args.time_limit:g} s")
     print(HEAD)

@@ -370,6 +370,13 @@ class KVModel(Model):
                 changed = True
         return res if changed else ops
 
+    def refute(self, ops: list[Operation]) -> Any:
+        """Necessary conditions on revisions and per-key entries (checker.kvrefute): most
+        single corrupted responses break one, and saying so needs no search."""
+        from checker.kvrefute import refute
+
+        return refute(ops, self.describe_op, self.limit)
+
     def step(self, state: KVState, req: tuple, out: Any) -> tuple[bool, Any]:
         if out is not UNKNOWN:
             # a request leaves the revision as it is or takes the next one: most candidates

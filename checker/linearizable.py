@@ -49,6 +49,7 @@ class PartitionResult:
     reason: str = ""
     blocked: list[tuple[Operation, str]] = field(default_factory=list)
     minimal: explain.Minimal | None = None
+    refutation: Any = None  # Model.refute's proof, when it decided without a search
     steps: int = 0
     cache_size: int = 0
     elapsed: float = 0.0
@@ -78,6 +79,8 @@ class PartitionResult:
             ]
         if self.minimal is not None:
             d["minimal"] = self.minimal.to_dict()
+        if self.refutation is not None:
+            d["refutation"] = self.refutation.to_dict()
         return d
 
 
@@ -211,6 +214,14 @@ def check_partition(model: Model, ops: list[Operation], deadline: float | None =
     worker processes share it); explain it if it is not linearizable."""
     t0 = time.monotonic()
     ops = model.refine(ops)
+    proof = model.refute(ops)
+    if proof is not None:  # certain without a search (checker.kvrefute); the offending ops are
+        # reported as the ones stuck, at the start (no prefix was searched for)
+        r = PartitionResult(ops[0].key if ops else None, INVALID, ops, [], model.init(),
+                            f"refuted before the search ({proof.rule}): {proof.why}",
+                            blocked=[(op, proof.why) for op in proof.ops], refutation=proof)
+        r.elapsed = time.monotonic() - t0
+        return r
     work = model.canonical(ops)  # the same linearizations, more of them interchangeable
     out = search(work, model.init(), model.step, deadline=deadline, max_steps=max_steps,
                  progress=model.progress, limit=model.limit, preserves=model.preserves, dead=model.dead,

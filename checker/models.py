@@ -110,6 +110,12 @@ class Model:
         these; what reports show is replayed from the real ops. Default: the ops themselves."""
         return ops
 
+    def refute(self, ops: list) -> Any:
+        """A cheap proof that the (refined) partition is not linearizable, checked before the
+        search: an object with `rule`, `why` and `ops` (see checker.kvrefute), or None to let
+        the search decide. It may only answer when that is certain."""
+        return None
+
     def step(self, state: Any, inp: Any, out: Any) -> tuple[bool, Any]:
         raise NotImplementedError
 

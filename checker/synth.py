@@ -9,7 +9,7 @@ them. Randomness only through the random.Random passed in: the same seed, the sa
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from checker.history import FAIL, INFO, INVOKE, OK, Op
@@ -184,3 +184,51 @@ def kv_run(planned: list[_Planned]) -> list[Op]:
 def _kv(kv: tuple) -> dict:
     k, v, create, mod, version = kv
     return {"key": k, "value": v, "create_revision": create, "mod_revision": mod, "version": version}
+
+
+CORRUPTIONS = ("revision", "value", "outcome")
+
+
+def corrupt_kv(rng: random.Random, history: list[Op], kind: str) -> list[Op]:
+    """The history with one acknowledged response changed the way a buggy store would:
+    "revision" moves a header revision one up or down, "value" makes a range (or a txn's range)
+    return a value no request wrote, "outcome" flips a txn's succeeded. The op is picked at
+    random among those the kind applies to; the history is returned unchanged when there is
+    none. The result may still be linearizable (a read's revision one down, concurrent with
+    the write it missed): benchmarks report what the checker says, tests decide with an oracle."""
+    def ranges(op: Op) -> bool:
+        v = op.value
+        if op.f == "range":
+            return isinstance(v, dict) and bool(v.get("kvs"))
+        return op.f == "txn" and isinstance(v, dict) and any(
+            isinstance(r, dict) and r.get("kvs") for r in v.get("results") or [])
+
+    fits = {
+        "revision": lambda op: "revision" in (op.extra or {}),
+        "value": ranges,
+        "outcome": lambda op: op.f == "txn" and isinstance(op.value, dict) and "succeeded" in op.value,
+    }[kind]
+    done = [i for i, op in enumerate(history) if op.type == OK and fits(op)]
+    if not done:
+        return history
+    i = rng.choice(done)
+    op = history[i]
+    h = list(history)
+    if kind == "revision":
+        h[i] = replace(op, extra=dict(op.extra, revision=op.extra["revision"] + rng.choice([-1, 1])))
+    elif kind == "value":
+        v = dict(op.value)
+        if op.f == "range":
+            kvs = [dict(kv) for kv in v["kvs"]]
+            kvs[0]["value"] = f"never-written-{i}"
+            v["kvs"] = kvs
+        else:
+            res = [dict(r) if isinstance(r, dict) else r for r in v["results"]]
+            r = next(r for r in res if isinstance(r, dict) and r.get("kvs"))
+            r["kvs"] = [dict(kv) for kv in r["kvs"]]
+            r["kvs"][0]["value"] = f"never-written-{i}"
+            v["results"] = res
+        h[i] = replace(op, value=v)
+    else:
+        h[i] = replace(op, value=dict(op.value, succeeded=not op.value["succeeded"]))
+    return h

@@ -170,6 +170,17 @@ def test_kv_runs_with_a_corruption(seed, n, bad, info_rate):
         assert v is VALID
 
 
+def _searched_only(model):
+    """The model with its pre-search refutation switched off: every verdict from the search."""
+    class Searched(type(model)):
+        def refute(self, ops):
+            return None
+
+    m = Searched.__new__(Searched)
+    m.__dict__.update(model.__dict__)
+    return m
+
+
 def minimal_fails_on_its_own(history: list[Op], model, via_check: bool = False) -> None:
     """Relax everything outside the reported set (within its window): the oracle still fails.
     via_check: the set check() reports (found on the model's canonical ops), judged on the
@@ -181,7 +192,8 @@ def minimal_fails_on_its_own(history: list[Op], model, via_check: bool = False) 
     for n, op in enumerate(ops):
         op.id = n
     if via_check:
-        r = check(history, model, workers=1, explain_limit=60)
+        # without the pre-pass (checker.kvrefute): a partition it refutes gets no minimal set
+        r = check(history, _searched_only(model), workers=1, explain_limit=60)
         assert r.valid is INVALID
         m = r.partitions[0].minimal
     else:

@@ -182,7 +182,8 @@ def test_generated_kv_run_with_a_lost_write_fails():
     h[i] = replace(h[i], key="elsewhere")
     r = check(h, kv_model(), workers=1, time_limit=30)
     assert r.valid is False
-    assert r.failures[0].blocked and r.failures[0].minimal.ops
+    f = r.failures[0]  # refuted before the search (checker.kvrefute) or by it
+    assert f.blocked and ([op.index for op in f.refutation.ops] if f.refutation else f.minimal.ops)
 
 
 # ---- against a real etcd: the model must accept what etcd answers
@@ -304,4 +305,6 @@ def test_real_etcd_histories_satisfy_the_model(member_factory):
             r = check(bad, kv_model(), workers=1, time_limit=60, explain_limit=1)
             assert r.valid is False, (field, str(h[i]))
             invoke = next(op.index for op in reversed(h[:i]) if op.process == h[i].process)
-            assert invoke in r.failures[0].minimal.ops + r.failures[0].minimal.critical
+            f = r.failures[0]
+            named = [op.index for op in f.refutation.ops] if f.refutation else f.minimal.ops + f.minimal.critical
+            assert invoke in named

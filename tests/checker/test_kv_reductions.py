@@ -118,7 +118,8 @@ def test_reports_show_the_real_values():
     assert "<unobserved>" not in text and "u1" in text and "u2" in text
     p = res.partitions[0]
     assert all(UNOBSERVED not in op.input[1][0] for op in p.ops)
-    assert p.minimal is not None and set(p.minimal.ops) <= {op.index for op in p.ops}
+    named = [op.index for op in p.refutation.ops] if p.refutation else p.minimal.ops
+    assert named and set(named) <= {op.index for op in p.ops}
     # valid: the linearization's states carry the lost value that took effect
     r = Recorder(key=None)
     r.inv(1, "put", "u1", key="a")
