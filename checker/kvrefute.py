@@ -75,7 +75,7 @@ def _rev(op: Operation) -> int | None:
     if out is UNKNOWN:
         return None
     rev = out[1] if out[0] == "persisted" else out[2]
-    return rev if isinstance(rev, int) and not isinstance(rev, bool) else None
+    return rev if type(rev) is int else None
 
 
 def _taken(op: Operation) -> tuple | None:
@@ -110,10 +110,6 @@ def _sure_writer(op: Operation) -> bool:
     return False
 
 
-def _may_write(op: Operation) -> bool:
-    return any(o[0] != "range" for b in _possible(op) for o in b)
-
-
 def _final(branch: tuple, key: str) -> Any:
     """A branch's last effect on `key`: the value of its last put, ABSENT after a delete
     covering it, None when the branch does not touch it."""
@@ -144,7 +140,7 @@ def _reads(op: Operation):
 
 
 def _int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return type(x) is int  # recorded as a number (not None, not a bool)
 
 
 def refute(ops: list[Operation], describe: Callable[[Any, Any], str], limit: Callable[[Any, Any], int | None]
@@ -167,7 +163,8 @@ class _Rules:
         self.limit = limit
 
     def fail(self, rule: str, why: str, *ops: Operation) -> None:
-        raise _Found(Refutation(rule, why, [op for op in ops if op is not None]))
+        named = list({id(op): op for op in ops if op is not None}.values())  # once each, in order
+        raise _Found(Refutation(rule, why, named))
 
     def run(self) -> None:
         self.index()
@@ -176,13 +173,15 @@ class _Rules:
         for op in self.ops:
             if not op.required or op.output is UNKNOWN or op.output[0] == "persisted":
                 continue
-            for kv, before in _reads(op):
+            reads = list(_reads(op))
+            top = max((kv[3] for kv, before in reads if before and _int(kv[3])), default=None)
+            for kv, before in reads:
                 self.entry_fields(op, kv, before)
                 self.someone_wrote(op, kv[0], kv[1])
                 if before:
                     self.maker(op, kv[0], kv[1], kv[3], "mod_revision")
                     self.maker(op, kv[0], None, kv[2], "create_revision")
-                    self.missed_write(op, kv)
+                    self.missed_write(op, kv, top)
                     self.version_count(op, kv)
             self.compares(op)
 
@@ -191,8 +190,8 @@ class _Rules:
         self.maker_of: dict[int, Operation] = {}  # revision -> the sure writer that made it
         self.dup: tuple | None = None
         self.uncertain: set[int] = set()  # revisions some required op may or may not have made
-        self.writes: dict[tuple, list] = {}  # (key, value) -> [(call, op)] of possible puts
-        self.writes_str: dict[tuple, list] = {}  # (key, str(value)) -> the same
+        self.writes: dict[tuple, list] = {}  # (key, value) -> the ops that may put it
+        self._writes_str: dict[tuple, list] | None = None  # (key, str(value)) -> the same, lazily
         self.makers: dict[tuple, int] = {}  # (key, value) -> earliest call of an op that may
         self.makers_key: dict[str, int] = {}  # have made an unknown revision ending with that put
         self.touch: dict[str, list[tuple[int, Operation]]] = {}  # key -> sure writers touching it
@@ -205,24 +204,31 @@ class _Rules:
                     keys.add(o[1])
             if op.output is not UNKNOWN and op.output[0] == "persisted":
                 keys.add(op.output[2])
+        self.rev: dict[int, int | None] = {}  # id(op) -> _rev(op)
+        self.lim: dict[int, int | None] = {}  # id(op) -> KVModel.limit
         for op in self.ops:
-            rev = _rev(op)
+            rev = self.rev[id(op)] = _rev(op)
+            if op.required:
+                self.lim[id(op)] = self.limit(op.input, op.output)
             sure = _sure_writer(op)
+            poss = _possible(op)
+            may_write = any(o[0] != "range" for b in poss for o in b)
             if sure and rev is not None:
                 if rev in self.maker_of and self.dup is None:
                     self.dup = (self.maker_of[rev], op, rev)
                 self.maker_of.setdefault(rev, op)
-            elif op.required and rev is not None and _may_write(op):
+            elif op.required and rev is not None and may_write:
                 self.uncertain.add(rev)
-            for b in _possible(op):
+            if not may_write:
+                continue
+            for b in poss:
                 for o in b:
                     if o[0] == "put":
                         self.writes.setdefault((o[1], o[2]), []).append(op)
-                        self.writes_str.setdefault((o[1], str(o[2])), []).append(op)
             # an op that may have made a revision nobody claims: optional, or required with
             # no recorded revision
-            if (not op.required or rev is None) and _may_write(op):
-                for b in _possible(op):
+            if not op.required or rev is None:
+                for b in poss:
                     for k in {o[1] for o in b if o[0] == "put"}:
                         eff = _final(b, k)
                         if isinstance(eff, tuple):
@@ -269,22 +275,25 @@ class _Rules:
         A's after-state (ra, F2) to B's before-state (<= limit(B), F2): impossible. Also
         records, per required op, the highest revision returned before its call (self.low),
         a lower bound of the store's revision before it."""
+        ops = self.ops
         events = []
-        for op in self.ops:
+        for n, op in enumerate(ops):
             if op.required:
-                events.append((op.call, 0, op))
-                events.append((op.ret, 1, op))
-        events.sort(key=lambda e: (e[0], e[1]))
+                events.append((op.call, 0, n))
+                events.append((op.ret, 1, n))
+        events.sort()
         best, best_op = 1, None
         self.low: dict[int, tuple[int, Operation | None]] = {}
-        for _, kind, op in events:
+        revs, lims = self.rev, self.lim
+        for _, kind, n in events:
+            op = ops[n]
             if kind == 1:
-                rev = _rev(op)
+                rev = revs[id(op)]
                 if rev is not None and rev > best:
                     best, best_op = rev, op
                 continue
             self.low[id(op)] = (best, best_op)
-            lim = self.limit(op.input, op.output)
+            lim = lims[id(op)]
             if lim is not None and best > lim:
                 since = ("the store starts at revision 1" if best_op is None else
                          f"{self.d(best_op)} returned revision {best} before it was called")
@@ -300,8 +309,8 @@ class _Rules:
         any later put raises the version. Not the other way round: a txn putting a key twice
         makes create == mod at version 2)."""
         k, _, create, mod, version = kv
-        rev = _rev(op)
-        lim = self.limit(op.input, op.output) if before else rev
+        rev = self.rev[id(op)]
+        lim = self.lim[id(op)] if before else rev
         bad = None
         if _int(mod) and mod < 2 or _int(create) and create < 2:
             bad = f"a revision below 2 (revision 1 is the empty store)"
@@ -349,8 +358,13 @@ class _Rules:
         for key, end, target, result, want in op.input[0]:
             if end is not None or target != "value" or result != "=":
                 continue
-            cands = (self._lookup(self.writes, (key, want)) or []) + (self._lookup(self.writes_str, (key, str(want))) or [])
-            if not any(w is not op and w.call < op.ret for w in cands):
+            if any(w is not op and w.call < op.ret for w in self._lookup(self.writes, (key, want)) or ()):
+                continue
+            if self._writes_str is None:
+                self._writes_str = {}
+                for (k, v), ws in self.writes.items():
+                    self._writes_str.setdefault((k, str(v)), []).extend(ws)
+            if not any(w is not op and w.call < op.ret for w in self._writes_str.get((key, str(want)), ())):
                 self.fail("value nobody wrote",
                           f"{self.d(op)} succeeded, so {key} held {want!r} before it, but no other "
                           f"request that could have run before it returned puts {key}={want!r}", op)
@@ -372,11 +386,10 @@ class _Rules:
                           f"{self.d(op)} made revision {m} itself, but its range ran before its "
                           f"writes and showed {k} with {field_name} {m}", op)
             out = w.output
-            if out[0] == "persisted" and out[2] == k:
-                ok = v is None or out[3] == v
-            else:
-                ok = any(isinstance(e, tuple) and (v is None or e[1] == v)
-                         for e in (_final(b, k) for b in _possible(w)))
+            ok = any(isinstance(e, tuple) and (v is None or e[1] == v)
+                     for e in (_final(b, k) for b in _possible(w)))
+            if out[0] == "persisted" and out[2] == k:  # its step demands k == its value after it
+                ok = ok and (v is None or out[3] == v)
             if not ok:
                 what = f"{k}={v!r}" if v is not None else f"{k}"
                 self.fail("maker of a revision",
@@ -396,7 +409,7 @@ class _Rules:
                       f"revision {m} and no request that may have made it leaves {what} and was "
                       f"called before op {op.index} returned", op)
 
-    def missed_write(self, op: Operation, kv: tuple) -> None:
+    def missed_write(self, op: Operation, kv: tuple, top: int | None) -> None:
         """A range (before its branch's writes) showed k at mod_revision m, but a sure writer
         W touching k (putting it, or deleting a range covering it) made revision w with
         m < w <= a lower bound of the revision before the range: the highest revision returned
@@ -410,9 +423,8 @@ class _Rules:
         if not revs:
             return
         low, low_op = self.low.get(id(op), (1, None))
-        for other, before in _reads(op):
-            if before and _int(other[3]) and other[3] > low:
-                low, low_op = other[3], op
+        if top is not None and top > low:  # the highest mod_revision the op's ranges showed
+            low, low_op = top, op
         i = bisect.bisect_right(revs, m)
         if i < len(revs) and revs[i] <= low:
             w, wop = self.touch[k][i]

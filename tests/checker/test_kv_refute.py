@@ -1,0 +1,201 @@
+"""The KV pre-pass (checker.kvrefute): each rule refutes the histories it is for, never a
+linearizable one (generated runs of the model, thousands of them, with the workload's requests
+and a wider mix), and whenever it refutes a small history the brute-force oracle agrees. A
+refuted check() result carries what reports read."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from checker import synth
+from checker.linearizable import check, operations
+from checker.models import kv_model
+
+from checker_oracle import brute_force
+from test_against_brute_force import corrupt_kv, kv_mix
+from test_kv_model import KV, kvs
+
+MANY = settings(max_examples=int(os.environ.get("KVREFUTE_EXAMPLES", 3000)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+SOME = settings(max_examples=int(os.environ.get("CHECKER_EXAMPLES", 300)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def refutation(history):
+    model = kv_model()
+    return model.refute(model.refine(operations(history, model)))
+
+
+def put_txn(key, value):
+    return {"f": "put", "key": key, "value": value}
+
+
+# one history per rule: (rule, history, indexes of the ops it must name)
+CASES = {
+    "revision made twice": (KV().put(0, "a", "1", rev=2).put(0, "b", "2", rev=2), [2, 0]),
+    "real-time revision order": (KV().put(0, "a", "1", rev=2).get(0, "b", [], rev=1), [2, 0]),
+    "entry fields": (KV().put(0, "a", "1", rev=2).get(0, "a", kvs("a", "1", 2, 2, 1), rev=2)
+                     .get(0, "a", kvs("a", "1", 3, 2, 1), rev=2), [4]),  # created after modified
+    "value nobody wrote": (KV().put(0, "a", "1", rev=2).get(0, "a", kvs("a", "zz", 2, 2, 1), rev=2), [2]),
+    "maker of a revision": (KV().put(0, "a", "1", rev=2).put(0, "a", "2", rev=3)
+                            .get(0, "a", kvs("a", "1", 2, 3, 2), rev=3), [4, 2]),
+    "missed write": (KV().put(0, "a", "1", rev=2).put(0, "a", "2", rev=3)
+                     .get(1, "a", kvs("a", "1", 2, 2, 1), rev=3), [4, 2]),
+    "version count": (KV().put(0, "a", "1", rev=2).put(0, "a", "2", rev=3).put(0, "a", "3", rev=4)
+                      .get(0, "a", kvs("a", "3", 2, 4, 2), rev=4), [6]),
+}
+
+
+def _compare_nobody_wrote():
+    h = KV().put(0, "a", "1", rev=2)
+    return h.txn(0, [{"key": "a", "target": "value", "result": "=", "value": "9"}], [put_txn("b", "x")], [],
+                 True, [{}], rev=3)
+
+
+def _maker_gap():
+    """Revision 2 was made by a lost txn (nobody else writes), whose last put of a is "2"; a
+    read shows a="1" at mod_revision 2 (the txn becomes a persisted request: KVModel.refine)."""
+    h = KV()
+    h.inv(1, "txn", {"compare": [], "success": [put_txn("a", "1"), put_txn("a", "2")], "failure": []})
+    h.put(0, "b", "x", rev=3).get(0, "a", kvs("a", "1", 2, 2, 1), rev=3)
+    return h.done(1, "info", "txn", None, error="timeout")
+
+
+def _maker_gap_two():
+    """The same with two such lost txns: neither is the only writer, so no persisted request;
+    revision 2 is a gap that only they could fill, and neither leaves a="1"."""
+    h = KV()
+    for p in (1, 2):
+        h.inv(p, "txn", {"compare": [], "success": [put_txn("a", "1"), put_txn("a", "2")], "failure": []})
+    h.put(0, "b", "x", rev=3).get(0, "a", kvs("a", "1", 2, 2, 1), rev=3)
+    for p in (1, 2):
+        h.done(p, "info", "txn", None, error="timeout")
+    return h
+
+
+def _version_count_delete():
+    return (KV().put(0, "a", "1", rev=2).delete(0, "a", 1, rev=3).put(0, "a", "2", rev=4)
+            .get(0, "a", kvs("a", "2", 2, 4, 2), rev=4))
+
+
+MORE = [("value nobody wrote", _compare_nobody_wrote(), [2]), ("maker of a revision", _maker_gap(), [3, 0]),
+        ("maker of a revision", _maker_gap_two(), [4]),
+        ("version count", _version_count_delete(), [6, 2])]
+
+
+@pytest.mark.parametrize("rule,history,named", [(r, h, n) for r, (h, n) in CASES.items()] + MORE,
+                         ids=[r for r in CASES] + [f"{r} ({n})" for n, (r, _, _) in enumerate(MORE)])
+def test_each_rule_refutes_its_history(rule, history, named):
+    r = refutation(history.ops)
+    assert r is not None and r.rule == rule, r
+    assert [op.index for op in r.ops] == named
+    model = kv_model()
+    assert not brute_force(operations(history.ops, model), model.init(), model.step)
+
+
+def test_the_same_histories_fixed_pass():
+    """The rules are not tripped by the linearizable neighbours of those histories."""
+    ok = [
+        KV().put(0, "a", "1", rev=2).put(0, "b", "2", rev=3).get(0, "b", kvs("b", "2", 3, 3, 1), rev=3),
+        KV().put(0, "a", "1", rev=2).put(0, "a", "2", rev=3).get(1, "a", kvs("a", "2", 2, 3, 2), rev=3),
+        KV().put(0, "a", "1", rev=2).put(0, "a", "2", rev=3).put(0, "a", "3", rev=4)
+        .get(0, "a", kvs("a", "3", 2, 4, 3), rev=4),
+        KV().put(0, "a", "1", rev=2).delete(0, "a", 1, rev=3).put(0, "a", "2", rev=4)
+        .get(0, "a", kvs("a", "2", 4, 4, 1), rev=4),
+        # a txn putting a key twice: version 2 with create == mod
+        KV().txn(0, [], [put_txn("a", "1"), put_txn("a", "2")], [], True, [{}, {}], rev=2)
+        .get(0, "a", kvs("a", "2", 2, 2, 2), rev=2),
+    ]
+    for h in ok:
+        assert refutation(h.ops) is None
+        assert check(h.ops, kv_model(), workers=1).valid is True
+
+
+def test_a_refuted_result_has_what_reports_read():
+    from reports.layout import band_layout
+
+    h, named = CASES["maker of a revision"]
+    r = check(h.ops, kv_model(), workers=1)
+    assert r.valid is False
+    p = r.failures[0]
+    assert p.refutation is not None and [op.index for op, _ in p.blocked] == named
+    d = r.to_dict()
+    part = d["partitions"][0]
+    assert part["refutation"] == {"rule": "maker of a revision", "why": p.refutation.why, "ops": named}
+    assert "op 4" in part["blocked"][0]["why"] and "revision 3" in part["blocked"][0]["why"]
+    assert "refuted before the search" in part["reason"] and d["reason"].startswith("not linearizable")
+    assert part["longest_prefix"] == [] and part["linearized"] == 0
+    band = band_layout(part)
+    assert {b.index for b in band.boxes if "blocked" in b.cls} == set(named)
+    json.dumps(d, default=str)
+
+
+@MANY
+@given(st.integers(0, 2**32), st.integers(1, 60), st.integers(1, 12), st.integers(1, 4), st.floats(0, 0.7),
+       st.booleans())
+def test_linearizable_histories_are_never_refuted(seed, n, processes, keys, info_rate, wide):
+    rng = random.Random(seed)
+    make = kv_mix(keys=("a", "b", "c")[:min(keys, 3)]) if wide else None
+    h = synth.kv_history(rng, n, processes=processes, keys=keys, info_rate=info_rate, make=make)
+    assert refutation(h) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_linearizable_histories_are_never_refuted(seed):
+    rng = random.Random(seed)
+    h = synth.kv_history(rng, 3000, processes=20, keys=10, info_rate=0.1 + 0.1 * (seed % 3))
+    assert refutation(h) is None
+    h = synth.kv_history(rng, 1000, processes=10, info_rate=0.3, make=kv_mix())
+    assert refutation(h) is None
+
+
+def _agrees(h) -> bool:
+    """If the pre-pass refutes, brute force (on the real, unrefined ops) says no."""
+    r = refutation(h)
+    if r is None:
+        return False
+    model = kv_model()
+    assert not brute_force(operations(h, model), model.init(), model.step), (r, "\n".join(map(str, h)))
+    return True
+
+
+@SOME
+@given(st.integers(0, 2**32), st.integers(1, 6), st.floats(0, 0.6), st.booleans())
+def test_refutations_agree_with_brute_force(seed, n, info_rate, wide):
+    rng = random.Random(seed)
+    make = kv_mix(keys=("a", "b"), values=("x", 1, "1")) if wide else None
+    _agrees(corrupt_kv(rng, synth.kv_history(rng, n, processes=3, keys=2, info_rate=info_rate, make=make)))
+
+
+def test_refutations_agree_with_brute_force_and_come_up_often():
+    """The same, on a fixed set: most single corruptions are refuted by the pre-pass (else the
+    agreement above proves little), and every kind of corruption by some rule."""
+    refuted, rules = 0, set()
+    for seed in range(300):
+        rng = random.Random(seed)
+        h = synth.kv_history(rng, rng.randrange(3, 7), processes=3, keys=2, info_rate=0.2)
+        bad = synth.corrupt_kv(rng, h, synth.CORRUPTIONS[seed % 3])
+        if bad is h:
+            continue
+        if _agrees(bad):
+            refuted += 1
+            rules.add(refutation(bad).rule)
+    assert refuted >= 120, refuted
+    assert len(rules) >= 4, rules
+
+
+@pytest.mark.parametrize("kind", synth.CORRUPTIONS)
+def test_corrupted_long_histories_are_mostly_refuted(kind):
+    """At the benchmark's scale (1k ops): one corruption of each kind, refuted without a search
+    for most seeds (each check stays quick)."""
+    hits = 0
+    for seed in range(10):
+        rng = random.Random(seed)
+        h = synth.corrupt_kv(rng, synth.kv_history(rng, 1000, processes=5, keys=10), kind)
+        hits += refutation(h) is not None
+    assert hits >= 6, hits
