@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(\"corrupt\": the not-linearizable KV cases, which run only when named)")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    cases = [c for c in CASES if (any(s in f"{c.name} {c.model}" for s in args.only.split(",")) if args.only
-                                  else not c.corrupt)]
+    wanted = args.only.split(",") if args.only else [""]
+    cases = [c for c in CASES if any(s in f"{c.name} {c.model}" and (not c.corrupt or "corrupt" in s) for s in wanted)]
     print(f"# {platform.node()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.seeds} seeds, time limit {args.time_limit:g} s")
     print(HEAD)
