@@ -170,20 +170,50 @@ class _Rules:
         self.index()
         self.revision_made_twice()
         self.real_time_order()
+        # The checks of an entry that do not depend on who read it run once per distinct
+        # entry (many reads see the same one); per read only the cheap bounds. Each fast path
+        # below only skips a rule's method where it would pass; the method decides otherwise.
+        static: dict = {}  # entry -> the call position its maker must precede (-1: none)
+        first_write, revs, lims = self.first_write, self.rev, self.lim
         for op in self.ops:
-            if not op.required or op.output is UNKNOWN or op.output[0] == "persisted":
+            out = op.output
+            if not op.required or out is UNKNOWN or out[0] == "persisted":
                 continue
-            reads = list(_reads(op))
-            top = max((kv[3] for kv, before in reads if before and _int(kv[3])), default=None)
-            for kv, before in reads:
-                self.entry_fields(op, kv, before)
-                self.someone_wrote(op, kv[0], kv[1])
-                if before:
-                    self.maker(op, kv[0], kv[1], kv[3], "mod_revision")
-                    self.maker(op, kv[0], None, kv[2], "create_revision")
-                    self.missed_write(op, kv, top)
-                    self.version_count(op, kv)
-            self.compares(op)
+            if out[1] is not None:
+                reads = list(_reads(op))
+                if reads:
+                    rev, lim = revs[id(op)], lims[id(op)]
+                    top = max((kv[3] for kv, before in reads if before and type(kv[3]) is int), default=None)
+                    for kv, before in reads:
+                        k, v, _, m, _ = kv
+                        bound = lim if before else rev
+                        if not before or (type(m) is int and bound is not None and m > bound):
+                            self.entry_fields(op, kv, before)
+                        if v is not None:
+                            try:
+                                f = first_write.get((k, v))
+                            except TypeError:
+                                f = -1
+                            if f is None or f > op.ret:
+                                self.someone_wrote(op, k, v)
+                        if before:
+                            t = static.get(kv)
+                            if t is None:
+                                t = static[kv] = self.static_checks(op, kv)
+                            if t > op.ret:
+                                self.maker(op, k, v, m, "mod_revision")
+                                self.maker(op, k, None, kv[2], "create_revision")
+                            self.missed_write(op, kv, top)
+            if op.input[0] and out[0] is True:
+                self.compares(op)
+
+    def static_checks(self, op: Operation, kv: tuple) -> int:
+        """The rules on an entry read before its branch's writes that hold or not whoever
+        read it; the call position a maker of a revision nobody claims must precede (maker)."""
+        self.entry_fields(op, kv, True)
+        self.version_count(op, kv)
+        return max(self.maker(op, kv[0], kv[1], kv[3], "mod_revision"),
+                   self.maker(op, kv[0], None, kv[2], "create_revision"))
 
     # -- indexes ---------------------------------------------------------------------------
     def index(self) -> None:
@@ -192,6 +222,7 @@ class _Rules:
         self.uncertain: set[int] = set()  # revisions some required op may or may not have made
         self.writes: dict[tuple, list] = {}  # (key, value) -> the ops that may put it
         self._writes_str: dict[tuple, list] | None = None  # (key, str(value)) -> the same, lazily
+        self.first_write: dict[tuple, int] = {}  # (key, value) -> the earliest call among them
         self.makers: dict[tuple, int] = {}  # (key, value) -> earliest call of an op that may
         self.makers_key: dict[str, int] = {}  # have made an unknown revision ending with that put
         self.touch: dict[str, list[tuple[int, Operation]]] = {}  # key -> sure writers touching it
@@ -225,6 +256,9 @@ class _Rules:
                 for o in b:
                     if o[0] == "put":
                         self.writes.setdefault((o[1], o[2]), []).append(op)
+                        fw = self.first_write.get((o[1], o[2]))
+                        if fw is None or op.call < fw:
+                            self.first_write[(o[1], o[2])] = op.call
             # an op that may have made a revision nobody claims: optional, or required with
             # no recorded revision
             if not op.required or rev is None:
@@ -369,16 +403,17 @@ class _Rules:
                           f"{self.d(op)} succeeded, so {key} held {want!r} before it, but no other "
                           f"request that could have run before it returned puts {key}={want!r}", op)
 
-    def maker(self, op: Operation, k: str, v: Any, m: Any, field_name: str) -> None:
+    def maker(self, op: Operation, k: str, v: Any, m: Any, field_name: str) -> int:
         """A range (before its branch's writes) showed k with mod_revision (create_revision)
         m: the request that made revision m left k holding this entry, so its branch's last
         effect on k is a put (of v, for mod_revision). If a sure writer made m (F2, F3), it
         must be such a put; if none did and no required op with revision m may have written
         (those are skipped), the maker was an op without a known revision (optional, or no
         revision recorded) that puts k (=v) last in a branch it may run and was called before
-        the range returned (the entry was made before the range read it)."""
+        the range returned (the entry was made before the range read it). Returns the
+        earliest call of such an op (-1 where the rule does not depend on the reader)."""
         if not _int(m):
-            return
+            return -1
         w = self.maker_of.get(m)
         if w is not None:
             if w is op:
@@ -395,19 +430,20 @@ class _Rules:
                 self.fail("maker of a revision",
                           f"{self.d(op)} read {k} with {field_name} {m}, but revision {m} was made by "
                           f"{self.d(w)}, which does not leave {what}", op, w)
-            return
+            return -1
         if m in self.uncertain:
-            return
+            return -1
         try:
             first = self.makers.get((k, v)) if v is not None else self.makers_key.get(k)
         except TypeError:
-            return
+            return -1
         if first is None or first > op.ret:
             what = f"{k}={v!r}" if v is not None else f"{k}"
             self.fail("maker of a revision",
                       f"{self.d(op)} read {k} with {field_name} {m}, but no acknowledged write made "
                       f"revision {m} and no request that may have made it leaves {what} and was "
                       f"called before op {op.index} returned", op)
+        return first
 
     def missed_write(self, op: Operation, kv: tuple, top: int | None) -> None:
         """A range (before its branch's writes) showed k at mod_revision m, but a sure writer
