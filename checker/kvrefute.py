@@ -228,13 +228,14 @@ class _Rules:
         self.touch: dict[str, list[tuple[int, Operation]]] = {}  # key -> sure writers touching it
         self.puts: dict[str, list[int]] = {}  # key -> revisions of sure writers putting it
         self.dels: dict[str, list[tuple[int, Operation]]] = {}  # key -> sure writers deleting it
-        keys: set[str] = set()
-        for op in self.ops:
-            for b in (op.input[1], op.input[2]):
-                for o in b:
-                    keys.add(o[1])
-            if op.output is not UNKNOWN and op.output[0] == "persisted":
-                keys.add(op.output[2])
+        keys: set[str] | None = None  # every key the history names, for deletes of a range
+
+        def all_keys() -> set[str]:
+            found = {o[1] for op in self.ops for b in (op.input[1], op.input[2]) for o in b}
+            return found | {op.output[2] for op in self.ops
+                            if op.output is not UNKNOWN and op.output[0] == "persisted"}
+
+        writes, first_write, touch, puts = self.writes, self.first_write, self.touch, self.puts
         self.rev: dict[int, int | None] = {}  # id(op) -> _rev(op)
         self.lim: dict[int, int | None] = {}  # id(op) -> KVModel.limit
         for op in self.ops:
@@ -243,7 +244,11 @@ class _Rules:
                 self.lim[id(op)] = self.limit(op.input, op.output)
             sure = _sure_writer(op)
             poss = _possible(op)
-            may_write = any(o[0] != "range" for b in poss for o in b)
+            may_write = False
+            for b in poss:
+                for o in b:
+                    if o[0] != "range":
+                        may_write = True
             if sure and rev is not None:
                 if rev in self.maker_of and self.dup is None:
                     self.dup = (self.maker_of[rev], op, rev)
@@ -252,13 +257,19 @@ class _Rules:
                 self.uncertain.add(rev)
             if not may_write:
                 continue
+            call = op.call
             for b in poss:
                 for o in b:
                     if o[0] == "put":
-                        self.writes.setdefault((o[1], o[2]), []).append(op)
-                        fw = self.first_write.get((o[1], o[2]))
-                        if fw is None or op.call < fw:
-                            self.first_write[(o[1], o[2])] = op.call
+                        kv = (o[1], o[2])
+                        fw = first_write.get(kv)
+                        if fw is None:
+                            writes[kv] = [op]
+                            first_write[kv] = call
+                        else:
+                            writes[kv].append(op)
+                            if call < fw:
+                                first_write[kv] = call
             # an op that may have made a revision nobody claims: optional, or required with
             # no recorded revision
             if not op.required or rev is None:
@@ -272,17 +283,27 @@ class _Rules:
             if sure and rev is not None:
                 out = op.output
                 if out[0] == "persisted":
-                    self.touch.setdefault(out[2], []).append((rev, op))
-                    self.puts.setdefault(out[2], []).append(rev)
+                    touch.setdefault(out[2], []).append((rev, op))
+                    puts.setdefault(out[2], []).append(rev)
                     continue
-                b = _taken(op)
+                b = poss[0]
+                if len(b) == 1 and b[0][0] == "put":  # the common case: one put
+                    touch.setdefault(b[0][1], []).append((rev, op))
+                    puts.setdefault(b[0][1], []).append(rev)
+                    continue
                 put_keys = {o[1] for o in b if o[0] == "put"}
-                del_keys = {k for o in b if o[0] == "delete" for k in
-                            ([o[1]] if o[2] is None else [k for k in keys if _in_range(k, o[1], o[2])])}
+                del_keys: set[str] = set()
+                for o in b:
+                    if o[0] == "delete":
+                        if o[2] is None:
+                            del_keys.add(o[1])
+                        else:
+                            keys = all_keys() if keys is None else keys
+                            del_keys.update(k for k in keys if _in_range(k, o[1], o[2]))
                 for k in put_keys | del_keys:
-                    self.touch.setdefault(k, []).append((rev, op))
+                    touch.setdefault(k, []).append((rev, op))
                 for k in put_keys:
-                    self.puts.setdefault(k, []).append(rev)
+                    puts.setdefault(k, []).append(rev)
                 for k in del_keys:
                     self.dels.setdefault(k, []).append((rev, op))
         for m in (self.touch, self.dels):
