@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from checker import synth
 from checker.linearizable import check
+from checker.kv import KVModel
 from checker.models import kv_model, register_model
 
 
@@ -67,8 +68,20 @@ def history(case: Case, seed: int) -> list:
     return h
 
 
+class _SearchOnly(KVModel):
+    """The KV model without its pre-search refutation (checker.kvrefute), to measure its cost."""
+
+    def refute(self, ops):
+        return None
+
+
+PREPASS = True
+
+
 def model(case: Case):
-    return register_model() if case.model == "register" else kv_model()
+    if case.model == "register":
+        return register_model()
+    return kv_model() if PREPASS else _SearchOnly()
 
 
 def run_case(case: Case, seeds: int, time_limit: float, workers: int | None) -> dict:
@@ -122,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated substrings of case names or models to run "
                    "(\"corrupt\": the not-linearizable KV cases, which run only when named)")
     p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--no-prepass", action="store_true",
+                   help="KV: skip the necessary-condition pre-pass (checker.kvrefute), search only")
     args = p.parse_args(argv)
+    global PREPASS
+    PREPASS = not args.no_prepass
     wanted = args.only.split(",") if args.only else [""]
     cases = [c for c in CASES if any(s in f"{c.name} {c.model}" and (not c.corrupt or "corrupt" in s) for s in wanted)]
     print(f"# {platform.node()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.seeds} seeds, time limit {args.time_limit:g} s")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.seeds} seeds, time limit {args.time_limit:g} s"
+          + (", KV pre-pass off" if args.no_prepass else ""))
     print(HEAD)
     results = []
     for c in cases:
