@@ -36,7 +36,9 @@ real-time revision order; entry fields; a value no request could have written (r
 succeeded "=" value compares); the request that made a mod_revision or create_revision must
 have put that key (that value); a read that missed a write it surely came after; more sure
 puts between create and mod than the version counts, or a sure delete between them. Ops whose
-results were not recorded (None fields) are skipped field by field.
+results were not recorded (None fields) are skipped field by field. Leases, compaction and
+old-revision or serializable reads are not in the model (KVModel leaves them out), so no rule
+speaks of them.
 """
 from __future__ import annotations
 
