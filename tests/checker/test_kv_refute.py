@@ -199,3 +199,40 @@ def test_corrupted_long_histories_are_mostly_refuted(kind):
         h = synth.corrupt_kv(rng, synth.kv_history(rng, 1000, processes=5, keys=10), kind)
         hits += refutation(h) is not None
     assert hits >= 6, hits
+
+
+def blank(rng: random.Random, history: list, rate: float) -> list:
+    """Responses with fields left unrecorded at random (header revisions, kv fields, txn
+    results): fewer observations, so a linearizable history stays linearizable."""
+    from dataclasses import replace
+
+    out = []
+    for op in history:
+        if op.type != "ok":
+            out.append(op)
+            continue
+        extra, value = dict(op.extra or {}), op.value
+        if "revision" in extra and rng.random() < rate:
+            del extra["revision"]
+        if isinstance(value, dict):
+            value = dict(value)
+            if op.f == "txn" and rng.random() < rate:
+                value["results"] = None
+            elif op.f == "txn" and value.get("results"):
+                value["results"] = [dict(r) if isinstance(r, dict) else r for r in value["results"]]
+            for r in ([value] if op.f == "range" else value.get("results") or []):
+                if isinstance(r, dict) and r.get("kvs"):
+                    r["kvs"] = [{f: x for f, x in kv.items() if f == "key" or rng.random() >= rate}
+                                for kv in r["kvs"]]
+        out.append(replace(op, extra=extra, value=value))
+    return out
+
+
+@MANY
+@given(st.integers(0, 2**32), st.integers(1, 60), st.integers(1, 12), st.floats(0, 0.6), st.floats(0, 0.8),
+       st.booleans())
+def test_linearizable_histories_with_unrecorded_fields_are_never_refuted(seed, n, processes, info_rate, rate, wide):
+    rng = random.Random(seed)
+    make = kv_mix(keys=("a", "b", "c")) if wide else None
+    h = synth.kv_history(rng, n, processes=processes, keys=3, info_rate=info_rate, make=make)
+    assert refutation(blank(rng, h, rate)) is None
