@@ -155,7 +155,7 @@ class LostWritesNemesis:
         running = [n for n in targets if pids[n.name] is not None]
         if not running:
             raise FaultRefused(f"no running server among {', '.join(n.name for n in targets)}")
-        killed, errors = on_nodes(running, lambda n: ctx.db.kill(n) and ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None)
+        killed, errors = on_nodes(running, lambda n: ctx.db.kill(n) and ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) != pids[n.name])
         self.affected.extend(n for n in running if n not in self.affected)
         dropped, errors2 = on_nodes(running, lambda n: self.control(ctx, n, "crash"))
         errors.update(errors2)

@@ -66,7 +66,9 @@ class KillNemesis(_ProcessFault):
             if pid is None:
                 continue  # already down (killed by an earlier fault, or crashed on its own)
             ctx.db.kill(n)
-            gone = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None
+            # gone: the pidfile no longer names that process (empty, or a server another fault
+            # class restarted meanwhile: lanes run side by side)
+            gone = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) != pid
             killed[n.name] = {"pid": pid, "gone": gone}
             self.affected.append(n)
         if not killed:
@@ -108,6 +110,8 @@ class PauseNemesis(_ProcessFault):
                 if state == "T":
                     break
                 time.sleep(0.05)
+            if state == "":
+                continue  # gone meanwhile (another lane's kill or crash): nothing here to pause
             paused[n.name] = {"pid": pid, "state": state}
             self.affected.append(n)
         if not paused:

@@ -60,3 +60,34 @@ def test_a_signal_that_did_not_take_fails_the_start(fault, signal: str, says: st
     assert "n1" in str(e.value)
     assert c.db.sent == [(signal, "n1")]  # it was tried, and the node is left for the heal
     assert [n.name for n in f.affected] == ["n1"]
+
+
+class VanishingRemote(StubbornRemote):
+    """A node whose server another lane kills (pause sees no process) and then restarts under a
+    new pid (kill sees the pidfile name another process)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def daemon_pid(self, pid_file: str) -> int | None:
+        self.asked += 1
+        return 4242 if self.asked == 1 else 5151
+
+    def run(self, cmd: str, timeout: float = 0, check: bool = True) -> Result:
+        return Result(cmd, 1, "", "")  # /proc/4242/stat: no such process
+
+
+def test_a_server_another_lane_killed_or_restarted_is_not_an_error() -> None:
+    from nemesis.base import FaultRefused
+
+    c = NemesisContext([Node("n1", "127.0.0.1")], {"n1": VanishingRemote()}, StubbornDB(), random.Random(1))  # type: ignore[arg-type]
+    f = PauseNemesis(modes=("one",))
+    f.setup(c)
+    with pytest.raises(FaultRefused, match="no running server"):  # asked again later, not a failed fault
+        f.start(c)
+    assert f.affected == []
+    c.remotes["n1"] = VanishingRemote()
+    k = KillNemesis(modes=("one",))
+    k.setup(c)
+    ev = k.start(c)  # the pid it signalled is gone; the pidfile names the restarted server
+    assert ev["killed"] == {"n1": {"pid": 4242, "gone": True}}
