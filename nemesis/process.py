@@ -1,8 +1,10 @@
 """Process faults: kill (SIGKILL, then restart) and pause (SIGSTOP, then SIGCONT).
 
-Evidence is read back from the node, not assumed: the pid signalled and, after a kill, that no
-process holds the pidfile any more; after a pause, that the kernel reports the process stopped
-(state T in /proc/<pid>/stat); after a restart or resume, the new pid or the running state.
+Evidence is read back from the node, not assumed: the pid signalled and, after a kill, that the
+pidfile no longer names that process; after a pause, that the kernel reports the process stopped
+(state T in /proc/<pid>/stat); after a restart or resume, the new pid or the running state. A
+start whose evidence says otherwise fails (ProcessFaultError), so it is recorded as info and
+healed; a server that vanished before its SIGSTOP took (another lane killed it) is skipped.
 """
 from __future__ import annotations
 
