@@ -94,7 +94,8 @@ def test_lanes_overlap_classes_but_never_one_class_twice():
     run_for(sched, 1.0)
     assert overlaps(log) >= 2  # several classes at once
     # Fake.start's own assertion runs in the schedule's thread, which records it as an info op
-    assert not [op.error for op in ops if op.type == INFO], "a class ran twice at once"
+    # (the ops in flight when the run is cancelled end info too, as "interrupted")
+    assert not [op.error for op in ops if op.type == INFO and op.error != "interrupted"], "a class ran twice at once"
     starts = [op for op in ops if op.f.startswith("start-") and op.type == INVOKE]
     assert {op.f for op in starts} == {"start-a", "start-b", "start-c", "start-d"}
 
