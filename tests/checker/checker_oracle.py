@@ -65,3 +65,15 @@ class Recorder:
         """A whole op with nothing in between: invoke then completion."""
         self.inv(p, f, value, kw.pop("key", None))
         return self.done(p, typ, f, value if result == "same" else result, **kw)
+
+
+def exponential_history(writers: int = 26) -> Recorder:
+    """`writers` concurrent writes of distinct values, then a read of a value none wrote: proving
+    it not linearizable takes every subset of the writes (2^writers search nodes), so only a
+    budget (or an interruption) ends the search."""
+    rec = Recorder()
+    for p in range(writers):
+        rec.inv(p, "write", p)
+    for p in range(writers):
+        rec.done(p, "ok", "write", p)
+    return rec.op(100, "read", None, result=99)

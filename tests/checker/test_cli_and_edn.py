@@ -13,7 +13,7 @@ from checker import edn
 from checker.cli import main
 from checker.history import HistoryWriter
 
-from checker_oracle import Recorder
+from checker_oracle import Recorder, exponential_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -110,12 +110,7 @@ def test_check_jsonl_exit_codes_and_json(tmp_path, capsys):
 
 
 def test_unknown_is_exit_2(tmp_path):
-    rec = Recorder()
-    for p in range(26):
-        rec.inv(p, "write", p)
-    for p in range(26):
-        rec.done(p, "ok", "write", p)
-    rec.op(100, "read", None, result=99)
+    rec = exponential_history()
     assert main(["--time-limit", "0.3", "--explain-limit", "0", save_jsonl(tmp_path, rec)]) == 2
 
 
@@ -154,12 +149,7 @@ def test_ctrl_c_during_a_long_check_is_one_line_and_exit_130(tmp_path):
     import signal
     import time
 
-    rec = Recorder()
-    for p in range(26):
-        rec.inv(p, "write", p)
-    for p in range(26):
-        rec.done(p, "ok", "write", p)
-    rec.op(100, "read", None, result=99)
+    rec = exponential_history()
     path = save_jsonl(tmp_path, rec)
     exe = os.path.join(os.path.dirname(sys.executable), "etcdproof")
     proc = subprocess.Popen([exe, "check", "--model", "register", path], stdout=subprocess.PIPE,

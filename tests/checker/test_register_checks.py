@@ -13,7 +13,7 @@ from checker.history import Op
 from checker.linearizable import check, compose
 from checker.models import register_model, versioned_register_model
 
-from checker_oracle import Recorder
+from checker_oracle import Recorder, exponential_history
 
 
 def run(rec: Recorder, model=None, **kw):
@@ -146,12 +146,7 @@ def test_a_violation_deep_in_a_long_history_is_found_and_located():
 def test_budget_gives_unknown_not_a_verdict():
     """26 concurrent writes of distinct values, then a read of a value none wrote: proving it
     takes every subset of the writes (2^26 nodes); the budget ends it with unknown, promptly."""
-    rec = Recorder()
-    for p in range(26):
-        rec.inv(p, "write", p)
-    for p in range(26):
-        rec.done(p, "ok", "write", p)
-    rec.op(100, "read", None, result=99)
+    rec = exponential_history()
     t = time.monotonic()
     r = run(rec, time_limit=0.5, explain_limit=0)
     assert time.monotonic() - t < 3
