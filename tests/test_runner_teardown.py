@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import store
 from harness.db import DBError
 from harness.generator import OpTemplate
@@ -138,18 +140,11 @@ def assert_finished_as_interrupted(r: Runner, outcome, db: FakeDB, fault: FakeFa
     assert results["interrupted"] is True and results["valid"] == "unknown"
 
 
-def test_interrupted_while_collecting_after_a_failed_setup(tmp_path: Path) -> None:
+@pytest.mark.parametrize("moment", ["collecting", "healing"])
+def test_interrupted_after_a_failed_setup(tmp_path: Path, moment: str) -> None:
     db, fault = FakeDB(setup_fails=True), FakeFault()
     r = runner(tmp_path, db, fault)
-    outcome = interrupt_when(r, db.tearing_down)
-    assert_finished_as_interrupted(r, outcome, db, fault)
-    assert fault.heals == 1
-
-
-def test_interrupted_while_healing_after_a_failed_setup(tmp_path: Path) -> None:
-    db, fault = FakeDB(setup_fails=True), FakeFault()
-    r = runner(tmp_path, db, fault)
-    outcome = interrupt_when(r, fault.healing)
+    outcome = interrupt_when(r, db.tearing_down if moment == "collecting" else fault.healing)
     assert_finished_as_interrupted(r, outcome, db, fault)
     assert fault.heals == 1
 
