@@ -11,6 +11,7 @@ them in a thread.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +77,23 @@ class Nemesis(Protocol):
         ...
 
 
+LEADER_WAIT = 6.0  # seconds: a few election timeouts, enough for a heal's re-election to settle
+
+
+def agreed_leader(ctx: NemesisContext, wait: float | None = None) -> Node | None:
+    """The member the cluster agrees leads, waiting up to `wait` seconds for agreement.
+
+    Right after a heal or a restart the members are often still electing (a rejoining node with a
+    higher term forces a new election in etcd 3.4, which has no pre-vote by default), so asking
+    once would refuse a leader-targeted fault that a second later could apply."""
+    deadline = time.monotonic() + (LEADER_WAIT if wait is None else wait)
+    while True:
+        lead = ctx.db.leader()
+        if lead is not None or time.monotonic() >= deadline:
+            return lead
+        time.sleep(0.25)
+
+
 def choose_targets(ctx: NemesisContext, mode: str) -> list[Node]:
     """Nodes for a process fault: one, minority, majority, leader, all (asked of the cluster)."""
     nodes = ctx.members()
@@ -87,9 +105,9 @@ def choose_targets(ctx: NemesisContext, mode: str) -> list[Node]:
     if mode == "majority":
         return ctx.rng.sample(nodes, len(nodes) // 2 + 1)
     if mode == "leader":
-        lead = ctx.db.leader()
+        lead = agreed_leader(ctx)
         if lead is None:
-            raise FaultRefused("no agreed leader to target")
+            raise FaultRefused(f"no agreed leader to target after {LEADER_WAIT:g}s")
         return [lead]
     if mode == "all":
         return nodes

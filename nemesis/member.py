@@ -20,7 +20,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from harness.client import ClientError, EtcdClient
 from harness.inventory import Node
-from nemesis.base import FaultRefused, NemesisContext
+from nemesis.base import FaultRefused, NemesisContext, agreed_leader
 
 T = TypeVar("T")
 # definite refusals worth asking again for a while: a member joined or restarted less than 5 s ago
@@ -184,7 +184,5 @@ class MemberNemesis:
         self.out = [n for n in ctx.nodes if n.name in ctx.removed()]
         if not self.out:
             return {"op": "add", "nodes": [], "added": {}}
-        deadline = time.monotonic() + 30
-        while ctx.db.leader() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        agreed_leader(ctx, wait=30)
         return self.stop(ctx)

@@ -281,11 +281,11 @@ class PartitionNemesis:
         if mode == "one":
             return isolate(nodes, rng.choice(nodes))
         if mode == "leader":
-            from nemesis.base import FaultRefused
+            from nemesis.base import LEADER_WAIT, FaultRefused, agreed_leader
 
-            lead = ctx.db.leader()
+            lead = agreed_leader(ctx)
             if lead is None:
-                raise FaultRefused("no agreed leader to isolate")
+                raise FaultRefused(f"no agreed leader to isolate after {LEADER_WAIT:g}s")
             return isolate(nodes, lead)
         if mode == "majorities-ring":
             return majorities_ring(nodes, rng)
