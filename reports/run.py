@@ -1,5 +1,7 @@
 """The report of one run, from its files alone: index.html in the run directory, and beside it
-report/ with the plots (PNG) and history.html (every history line, with an anchor per op).
+report/ with the plots (PNG) and the history pages (every history line, with an anchor per op:
+history.html, then history-2.html... of HISTORY_PER_PAGE lines each, so a 100k-op run is a few
+pages a browser opens in a second, not one 20 MB table).
 
 `render_run(run_dir)` is what the runner and `etcdproof report RUN_DIR` call. Nothing here needs
 a network or a server: open index.html from the disk, or browse it with `etcdproof serve`.
@@ -20,8 +22,37 @@ from reports.layout import band_layout, timeline_layout
 from reports.series import clock_samples, nice_width, quantile_windows, throughput_buckets
 from reports.templating import env, write_atomic
 
-REPORT_DIR = "report"  # plots and the history page, beside index.html
-HISTORY_PAGE = f"{REPORT_DIR}/history.html"
+REPORT_DIR = "report"  # plots and the history pages, beside index.html
+HISTORY_PAGE = f"{REPORT_DIR}/history.html"  # the first history page
+HISTORY_PER_PAGE = 10_000
+
+
+def history_file(page: int) -> str:
+    """The file name (in report/) of history page `page`, counted from 0."""
+    return "history.html" if page == 0 else f"history-{page + 1}.html"
+
+
+class HistoryLinks:
+    """Which history page holds each op, by position in the history (indexes need not be dense)."""
+
+    def __init__(self, history: list, per_page: int = HISTORY_PER_PAGE) -> None:
+        if per_page < 1:
+            raise ValueError(f"history pages need at least 1 line each, not {per_page}")
+        self.per_page = per_page
+        self.pages = max(1, -(-len(history) // per_page))
+        self.page_of = {op.index: pos // per_page for pos, op in enumerate(history)}
+
+    def file(self, index: int) -> str:
+        return history_file(self.page_of.get(index, 0))
+
+    def from_report(self, index: int) -> str:
+        """The link to op `index` from index.html."""
+        return f"{REPORT_DIR}/{self.file(index)}#op-{index}"
+
+    def from_page(self, page: int, index: int) -> str:
+        """The link to op `index` from history page `page`."""
+        target = self.page_of.get(index, 0)
+        return f"#op-{index}" if target == page else f"{history_file(target)}#op-{index}"
 
 
 def ops_of_interest(result: Any) -> set[int]:
@@ -113,12 +144,13 @@ def write_plots(run: RunData, ops: list[Completed], faults, out: Path) -> list[d
     return listed
 
 
-def page(run: RunData) -> str:
+def page(run: RunData, per_page: int = HISTORY_PER_PAGE) -> str:
     test, results = run.test, run.results
     ops = completed_ops(run.history)
     faults = fault_periods(run.history)
     # a checker may name an op by its invocation or by its completion; either finds it
     by_index = {o.index: o for o in ops} | {o.end_index: o for o in ops if o.end_index is not None}
+    links = HistoryLinks(run.history, per_page)
     figures = write_plots(run, ops, faults, run.run_dir / REPORT_DIR)
     files = sorted(str(p.relative_to(run.run_dir)) for p in run.run_dir.rglob("*")
                    if p.is_file() and p.name != "index.html" and not p.name.startswith(".")
@@ -131,7 +163,8 @@ def page(run: RunData) -> str:
         checkers=[dict(r, word=verdict_word(r["valid"])) for r in checker_rows(results)],
         results_reason=results.get("reason", ""), params=parameter_rows(test), targets=target_rows(test),
         db_kind=(test.get("db") or {}).get("kind", test.get("spec", {}).get("db", "")), partitions=partition_note(test),
-        counts=count_rows, totals=totals, figures=figures, history_page=HISTORY_PAGE,
+        counts=count_rows, totals=totals, figures=figures, history_page=HISTORY_PAGE, op_href=links.from_report,
+        history_files=[f"{REPORT_DIR}/{history_file(k)}" for k in range(links.pages)],
         faults=[dict(vars(f), detail_json=json.dumps(f.detail, indent=2, default=str)) for f in faults],
         nemesis=test.get("nemesis", []), refused=test.get("refused_faults") or {},
         timeline=timeline_layout(ops, faults, max_ops=5000), failures=failure_views(results, by_index),
@@ -139,17 +172,34 @@ def page(run: RunData) -> str:
     )
 
 
-def history_page(run: RunData) -> str:
-    return env.get_template("history.html.j2").render(
-        name=run.test.get("name", run.run_dir.name), rows=history_rows(run.history),
-        dumps=lambda v: json.dumps(v, default=str, separators=(", ", ": ")))
+def history_pages(run: RunData, per_page: int = HISTORY_PER_PAGE) -> list[tuple[str, str]]:
+    """(file name in report/, HTML) of every history page, in order."""
+    links = HistoryLinks(run.history, per_page)
+    rows = history_rows(run.history)
+    name = run.test.get("name", run.run_dir.name)
+    template = env.get_template("history.html.j2")
+    nav = [{"file": history_file(k), "first": k * per_page, "last": min(len(rows), (k + 1) * per_page) - 1}
+           for k in range(links.pages)]
+    out = []
+    for k in range(links.pages):
+        out.append((history_file(k), template.render(
+            name=name, rows=rows[k * per_page:(k + 1) * per_page], page=k, nav=nav, total=len(rows),
+            pair_href=lambda i, k=k: links.from_page(k, i),
+            dumps=lambda v: json.dumps(v, default=str, separators=(", ", ": ")))))
+    return out
 
 
-def render_run(run_dir: str | Path) -> Path:
+def render_run(run_dir: str | Path, per_page: int = HISTORY_PER_PAGE) -> Path:
     """Write index.html and report/ of a run directory; returns the index.html path."""
     run = load_run(run_dir)
-    (run.run_dir / REPORT_DIR).mkdir(exist_ok=True)
-    write_atomic(run.run_dir / HISTORY_PAGE, history_page(run).encode())
+    report = run.run_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    pages = history_pages(run, per_page)
+    for old in report.glob("history-*.html"):  # pages of an earlier, longer rendering
+        if old.name not in {f for f, _ in pages}:
+            old.unlink()
+    for f, html in pages:
+        write_atomic(report / f, html.encode())
     out = run.run_dir / "index.html"
-    write_atomic(out, page(run).encode())
+    write_atomic(out, page(run, per_page).encode())
     return out

@@ -161,3 +161,43 @@ def test_refused_faults_say_why(tmp_path: Path) -> None:
     assert "<td>clock</td>" in html and "<td>no: refused: real etcd is a Go binary</td>" in html
     assert "Refused fault classes: <b>clock</b>: real etcd is a Go binary" in html
     assert 'class="span"' not in html  # nothing shaded in the timeline
+
+
+def test_a_long_history_is_paged_and_every_link_lands_on_its_line(store: Path) -> None:
+    """With pages of 97 lines the invalid fixture spans several history pages: every line has its
+    anchor on exactly one page, each invoke/completion link and each link of the report points
+    at the page that holds that op, and a re-render with bigger pages removes the surplus ones."""
+    d = run_dir(store, "invalid")
+    history = load_history(str(d / "history.jsonl"))
+    per = 97
+    html = render_run(d, per_page=per).read_text()
+    files = sorted((d / "report").glob("history*.html"))
+    want = 1 + (len(history) - 1) // per
+    assert want >= 3 and len(files) == want
+    holder: dict[int, str] = {}
+    for f in files:
+        page = f.read_text()
+        for i in map(int, re.findall(r'<tr id="op-(\d+)"', page)):
+            assert i not in holder, f"op {i} on two pages"
+            holder[i] = f.name
+    assert sorted(holder) == sorted(op.index for op in history)
+    assert holder[history[0].index] == "history.html" and holder[history[-1].index] == f"history-{want}.html"
+
+    def lands(href: str, page: str) -> bool:
+        target, _, anchor = href.partition("#op-")
+        return holder[int(anchor)] == (target or page)
+
+    for k, f in enumerate(sorted(files, key=lambda f: int(re.sub(r"\D", "", f.name) or 1))):
+        page = f.read_text()
+        pairs = re.findall(r'<td><a href="([^"]*#op-\d+)">\d+</a></td></tr>', page)
+        assert pairs and all(lands(h, f.name) for h in pairs)
+        assert f"page {k + 1} of {want}:" in page
+        assert ('rel="prev"' in page) == (k > 0) and ('rel="next"' in page) == (k < want - 1)
+    crossing = [h for f in files for h in re.findall(r'<td><a href="(history[^"]*#op-\d+)">', f.read_text())]
+    assert crossing, "no invoke/completion pair crosses a page boundary"  # the case that needs the file name
+    links = re.findall(r'href="report/(history[^"#]*\.html)#op-(\d+)"', html)
+    assert links and all(holder[int(i)] == f for f, i in links)
+    assert {f for f, _ in links} != {"history.html"}  # the report links into later pages too
+
+    render_run(d, per_page=10 * per)
+    assert len(list((d / "report").glob("history*.html"))) == 1 + (len(history) - 1) // (10 * per)
