@@ -111,7 +111,10 @@ def _failure(r: CheckResult, p: PartitionResult, ops_by_index: dict[int, Op]) ->
     if p.minimal is not None:
         mm = p.minimal
         start = "" if mm.initial == "initial" else f", starting from {mm.initial}"
-        lines.append(f"  ops to look at ({'minimal' if mm.complete else 'small, not proven minimal'}{start}): "
+        how = "minimal" if mm.complete else "small, not proven minimal"
+        if mm.by_rule is not None and mm.window == (None, None):  # explain.confirm's fallback
+            how = f"as the rule {mm.by_rule!r} named them; not checked alone by a search"
+        lines.append(f"  ops to look at ({how}{start}): "
                      + (", ".join(map(str, mm.ops)) or "none by timing"))
         if mm.critical and mm.critical != mm.ops:
             lines.append("  ops whose results cannot all be right: " + ", ".join(map(str, mm.critical)))

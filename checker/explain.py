@@ -45,10 +45,14 @@ class Minimal:
     # cut (None: no left cut) and of the completion at the right cut
     trials: int = 0
     critical: list[int] = field(default_factory=list)  # ops whose recorded result is needed
+    by_rule: str | None = None  # a pre-pass rule named these ops (see `confirm`)
 
     def to_dict(self) -> dict:
-        return {"ops": self.ops, "critical": self.critical, "complete": self.complete,
-                "initial_state": self.initial, "window": list(self.window), "trials": self.trials}
+        d = {"ops": self.ops, "critical": self.critical, "complete": self.complete,
+             "initial_state": self.initial, "window": list(self.window), "trials": self.trials}
+        if self.by_rule is not None:
+            d["by_rule"] = self.by_rule
+        return d
 
 
 def blocked(model: Model, ops: list[Operation], out: Outcome) -> list[tuple[Operation, str]]:
@@ -220,3 +224,41 @@ def minimal(model: Model, ops: list[Operation], deadline: float, hint: int | Non
     window = (None if q is None else at.get(q), at.get(t))
     initial = "initial" if q is None else model.describe_state(start)
     return Minimal(sorted(kept), trials.undecided == 0, initial, window, trials.count, sorted(critical))
+
+
+
+def confirm(model: Model, ops: list[Operation], suspects: list[Operation], rule: str, deadline: float) -> Minimal:
+    """The set to look at for a partition refuted before the search (checker.kvrefute): the ops
+    the rule named, checked like any other set where a search can afford it.
+
+    The rule's argument already proves the history is not linearizable, and its ops are the
+    contradiction. First ask whether they also fail on their own terms, every other op up to
+    the last of them relaxed as in `minimal`: if so, drop any that is not needed (latest first)
+    and mark as critical those whose recorded result is (made unknown, the window passes).
+    Such windows are often cheap (a pinned revision order) but, with hundreds of relaxed writes
+    and no left cut for the KV model, can run out of steps; then the set is the rule's ops as
+    named, `by_rule` says so and `complete` is false."""
+    for n, op in enumerate(ops):
+        op.id = n
+    named = [op.id for op in suspects if 0 <= op.id < len(ops) and ops[op.id] is op]
+    fallback = Minimal(sorted(ops[i].index for i in named), False, "initial", (None, None), 0,
+                       sorted(ops[i].index for i in named), by_rule=rule)
+    if not named:
+        return fallback
+    trials = _Trials(model, deadline)
+    init = model.init()
+    last = max((ops[i].ret if ops[i].required else ops[i].call) for i in named)
+    everyone = {op.id for op in ops if op.required}
+    if not trials.fails(_window(model, ops, None, last, everyone - set(named)), init):
+        fallback.trials = trials.count
+        return fallback
+    keep = set(named)
+    for i in sorted(named, key=lambda i: -ops[i].call):
+        if len(keep) > 1 and trials.fails(_window(model, ops, None, last, everyone - (keep - {i})), init):
+            keep.discard(i)
+    critical = [ops[i].index for i in named
+                if not trials.fails(_window(model, ops, None, last, everyone - keep, frozenset({i})), init)]
+    at = {op.ret: op.completion for op in ops if op.required}
+    at.update({op.call: op.index for op in ops if not op.required})
+    return Minimal(sorted(ops[i].index for i in keep), trials.undecided == 0, "initial", (None, at.get(last)),
+                   trials.count, sorted(critical), by_rule=rule)

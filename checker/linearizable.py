@@ -220,6 +220,8 @@ def check_partition(model: Model, ops: list[Operation], deadline: float | None =
         r = PartitionResult(ops[0].key if ops else None, INVALID, ops, [], model.init(),
                             f"refuted before the search ({proof.rule}): {proof.why}",
                             blocked=[(op, proof.why) for op in proof.ops], refutation=proof)
+        if explain_limit > 0:
+            r.minimal = explain.confirm(model, ops, proof.ops, proof.rule, time.monotonic() + explain_limit)
         r.elapsed = time.monotonic() - t0
         return r
     work = model.canonical(ops)  # the same linearizations, more of them interchangeable
