@@ -84,13 +84,20 @@ def describe(o: Completed) -> str:
 
 def timeline_layout(ops: list[Completed], faults: list[FaultPeriod], run_end: float | None = None,
                     row_height: float = 16.0, left: float = 10.0, top: float = 22.0, max_ops: int = 20000,
-                    max_width: float = 40000.0) -> Timeline:
+                    max_width: float = 40000.0, skip: int = 0) -> Timeline:
     """One row per process, an op a box from its call to its return (to scale), fault periods as
-    spans. The scale is chosen so the run fits max_width (between 40 and 400 px per second).
-    Ops beyond max_ops (by index) are left out and counted."""
-    shown = sorted(ops, key=lambda o: o.index)[:max_ops]
-    end = max([run_end or 0.0] + [o.end for o in shown] + [f.end or f.start for f in faults] + [1.0])
-    px = min(400.0, max(40.0, (max_width - left - 20) / end))
+    spans. The scale is chosen so the drawn time fits max_width (between 40 and 400 px per
+    second). Ops are taken by index: the first `skip` are left out (drawn on earlier pages; the
+    drawing then starts at the first shown op's call), those beyond skip + max_ops are counted
+    in `truncated`."""
+    ordered = sorted(ops, key=lambda o: o.index)
+    shown = ordered[skip:skip + max_ops]
+    t0 = min((o.start for o in shown), default=0.0) if skip else 0.0
+    if skip or len(ordered) > skip + max_ops:  # one page of several: its own ops' time only
+        end = max([o.end for o in shown] + [t0 + 1.0])
+    else:
+        end = max([run_end or 0.0] + [o.end for o in shown] + [f.end or f.start for f in faults] + [1.0])
+    px = min(400.0, max(40.0, (max_width - left - 20) / (end - t0)))
     procs = process_order(o.process for o in shown)
     row = {p: i for i, p in enumerate(procs)}
     node = {}
@@ -98,7 +105,7 @@ def timeline_layout(ops: list[Completed], faults: list[FaultPeriod], run_end: fl
         node.setdefault(o.process, o.node)
     boxes = []
     for o in shown:
-        x = left + o.start * px
+        x = left + (o.start - t0) * px
         title = (f"#{o.index} process {o.process} on {o.node}: {describe(o)}; {o.type}"
                  f"{' (' + o.error + ')' if o.error else ''}; call {o.start:.3f} s, {o.latency * 1000:.1f} ms")
         cls = o.type if o.end_index is not None else f"{o.type} open"
@@ -109,14 +116,17 @@ def timeline_layout(ops: list[Completed], faults: list[FaultPeriod], run_end: fl
     for f in faults:
         if not f.applied:
             continue
-        x0, x1 = left + f.start * px, left + (f.end if f.end is not None else end) * px
+        a, b = max(f.start, t0), min(f.end if f.end is not None else end, end)
+        if b < a:
+            continue  # outside the drawn window
+        x0, x1 = left + (a - t0) * px, left + (b - t0) * px
         who = f" on {', '.join(f.nodes)}" if f.nodes else ""
         spans.append(Span(round(x0, 1), round(max(x1 - x0, 1.0), 1), f"{f.name}{who}", fault_color(f.name, names)))
     height = top + max(len(procs), 1) * row_height + 4
     rows = [(f"{p}" + (f" {node[p]}" if node.get(p) else ""), top + i * row_height) for i, p in enumerate(procs)]
-    tk = [(round(left + t * px, 1), f"{t:g} s") for t in ticks(0.0, end, px)]
-    return Timeline(round(left + end * px + 20, 1), height, row_height, rows, boxes, spans, tk, px,
-                    max(0, len(ops) - len(shown)))
+    tk = [(round(left + (t - t0) * px, 1), f"{t:g} s") for t in ticks(t0, end, px)]
+    return Timeline(round(left + (end - t0) * px + 20, 1), height, row_height, rows, boxes, spans, tk, px,
+                    max(0, len(ordered) - skip - len(shown)))
 
 
 # ------------------------------------------------------------------ Porcupine-like bands

@@ -25,6 +25,12 @@ from reports.templating import env, write_atomic
 REPORT_DIR = "report"  # plots and the history pages, beside index.html
 HISTORY_PAGE = f"{REPORT_DIR}/history.html"  # the first history page
 HISTORY_PER_PAGE = 10_000
+TIMELINE_PER_PAGE = 5_000  # ops drawn on one timeline (index.html holds the first)
+
+
+def timeline_file(page: int) -> str:
+    """The file (relative to the run directory) of timeline page `page` >= 1; 0 is index.html."""
+    return f"{REPORT_DIR}/timeline-{page + 1}.html"
 
 
 def history_file(page: int) -> str:
@@ -144,7 +150,32 @@ def write_plots(run: RunData, ops: list[Completed], faults, out: Path) -> list[d
     return listed
 
 
-def page(run: RunData, per_page: int = HISTORY_PER_PAGE) -> str:
+def timeline_nav(n_ops: int, per_page: int) -> list[dict]:
+    """Links to every timeline page, as index.html sees them: [{file, first, last}] (op counts)."""
+    pages = max(1, -(-n_ops // per_page))
+    return [{"file": "index.html#timeline" if k == 0 else timeline_file(k), "first": k * per_page + 1,
+             "last": min(n_ops, (k + 1) * per_page)} for k in range(pages)]
+
+
+def timeline_pages(run: RunData, ops: list[Completed], faults, links: HistoryLinks,
+                   per_page: int = TIMELINE_PER_PAGE) -> list[tuple[str, str]]:
+    """(file relative to the run directory, HTML) of the timeline pages after the first."""
+    nav = timeline_nav(len(ops), per_page)
+    name = run.test.get("name", run.run_dir.name)
+    template = env.get_template("timeline.html.j2")
+    # from report/: the first page is ../index.html, the others are siblings
+    rel = [dict(p, file="../index.html#timeline" if k == 0 else p["file"].removeprefix(f"{REPORT_DIR}/"))
+           for k, p in enumerate(nav)]
+    out = []
+    for k in range(1, len(nav)):
+        t = timeline_layout(ops, faults, max_ops=per_page, skip=k * per_page)
+        out.append((nav[k]["file"], template.render(
+            name=name, timeline=t, page=k, nav=rel, total=len(ops),
+            op_href=lambda i: f"{links.file(i)}#op-{i}")))
+    return out
+
+
+def page(run: RunData, per_page: int = HISTORY_PER_PAGE, timeline_per_page: int = TIMELINE_PER_PAGE) -> str:
     test, results = run.test, run.results
     ops = completed_ops(run.history)
     faults = fault_periods(run.history)
@@ -167,7 +198,8 @@ def page(run: RunData, per_page: int = HISTORY_PER_PAGE) -> str:
         history_files=[f"{REPORT_DIR}/{history_file(k)}" for k in range(links.pages)],
         faults=[dict(vars(f), detail_json=json.dumps(f.detail, indent=2, default=str)) for f in faults],
         nemesis=test.get("nemesis", []), refused=test.get("refused_faults") or {},
-        timeline=timeline_layout(ops, faults, max_ops=5000), failures=failure_views(results, by_index),
+        timeline=timeline_layout(ops, faults, max_ops=timeline_per_page),
+        timeline_nav=timeline_nav(len(ops), timeline_per_page), failures=failure_views(results, by_index),
         files=files, has_history=bool(run.history), note=test.get("note", ""),
     )
 
@@ -189,17 +221,22 @@ def history_pages(run: RunData, per_page: int = HISTORY_PER_PAGE) -> list[tuple[
     return out
 
 
-def render_run(run_dir: str | Path, per_page: int = HISTORY_PER_PAGE) -> Path:
+def render_run(run_dir: str | Path, per_page: int = HISTORY_PER_PAGE,
+               timeline_per_page: int = TIMELINE_PER_PAGE) -> Path:
     """Write index.html and report/ of a run directory; returns the index.html path."""
     run = load_run(run_dir)
     report = run.run_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
-    pages = history_pages(run, per_page)
-    for old in report.glob("history-*.html"):  # pages of an earlier, longer rendering
-        if old.name not in {f for f, _ in pages}:
+    pages = [(f"{REPORT_DIR}/{f}", html) for f, html in history_pages(run, per_page)]
+    ops = completed_ops(run.history)
+    pages += timeline_pages(run, ops, fault_periods(run.history), HistoryLinks(run.history, per_page),
+                            timeline_per_page)
+    written = {f for f, _ in pages}
+    for old in [*report.glob("history-*.html"), *report.glob("timeline-*.html")]:  # from a longer rendering
+        if str(old.relative_to(run.run_dir)) not in written:
             old.unlink()
     for f, html in pages:
-        write_atomic(report / f, html.encode())
+        write_atomic(run.run_dir / f, html.encode())
     out = run.run_dir / "index.html"
-    write_atomic(out, page(run, per_page).encode())
+    write_atomic(out, page(run, per_page, timeline_per_page).encode())
     return out

@@ -201,3 +201,37 @@ def test_a_long_history_is_paged_and_every_link_lands_on_its_line(store: Path) -
 
     render_run(d, per_page=10 * per)
     assert len(list((d / "report").glob("history*.html"))) == 1 + (len(history) - 1) // (10 * per)
+
+
+def test_a_long_timeline_is_paged_and_every_op_is_drawn_once(store: Path) -> None:
+    """With 60 ops a timeline page, the valid fixture's ops are drawn across index.html and the
+    report/timeline-N.html pages: each client op exactly once, each box linked to the history
+    page that holds it, each page's boxes starting at its own left edge, the pages linked to
+    each other; a re-render with one page removes the others."""
+    d = run_dir(store, "valid")
+    history = load_history(str(d / "history.jsonl"))
+    invokes = sorted(op.index for op in history if op.process != NEMESIS and op.type == "invoke")
+    per = 60
+    html = render_run(d, per_page=97, timeline_per_page=per).read_text()
+    want = -(-len(invokes) // per)
+    pages = sorted((d / "report").glob("timeline-*.html"), key=lambda f: int(re.sub(r"\D", "", f.name)))
+    assert want >= 3 and [f.name for f in pages] == [f"timeline-{k}.html" for k in range(2, want + 1)]
+    holder = {}
+    for f in (d / "report").glob("history*.html"):
+        holder.update({int(i): f.name for i in re.findall(r'<tr id="op-(\d+)"', f.read_text())})
+    first = re.findall(r'<a class="op [^"]*" href="report/(history[^"#]*)#op-(\d+)" style="left:([\d.]+)px',
+                       html.split('id="timeline"')[1].split("</h2>", 2)[1].split("<h2", 1)[0])
+    drawn = [(f, int(i), float(x)) for f, i, x in first]
+    assert len(drawn) == per
+    for f in pages:
+        page = f.read_text()
+        boxes = [(f_, int(i), float(x)) for f_, i, x in
+                 re.findall(r'<a class="op [^"]*" href="(history[^"#]*)#op-(\d+)" style="left:([\d.]+)px', page)]
+        assert boxes and min(x for _, _, x in boxes) < 12  # drawn from the page's first call
+        drawn += boxes
+        assert 'href="../index.html#timeline"' in page and f'of {want}:' in page
+    assert sorted(i for _, i, _ in drawn) == invokes
+    assert all(holder[i] == f for f, i, _ in drawn)
+    assert all(f'href="report/timeline-{k}.html"' in html for k in range(2, want + 1))
+    render_run(d, timeline_per_page=len(invokes))
+    assert not list((d / "report").glob("timeline-*.html"))
