@@ -32,6 +32,7 @@ from checker.models import TIMELESS, UNKNOWN, AnyOf, Model
 from checker.wgl import INVALID, Operation, Outcome, candidates, search
 
 TRIAL_STEPS = 200_000
+CONFIRM_STEPS = 100_000  # a refutation's window decides in ~40k steps (0.03 s) or explodes
 
 
 @dataclass
@@ -89,9 +90,10 @@ def _relaxed(model: Model, op: Operation, crossing: bool) -> Operation | None:
 
 
 class _Trials:
-    def __init__(self, model: Model, deadline: float) -> None:
+    def __init__(self, model: Model, deadline: float, max_steps: int = TRIAL_STEPS) -> None:
         self.model = model
         self.deadline = deadline
+        self.max_steps = max_steps
         self.count = 0
         self.undecided = 0
 
@@ -106,7 +108,7 @@ class _Trials:
         # from an any-state a read does change the state (it learns the value), and the
         # revision is unknown: no read-first rule and no progress pruning then
         concrete = not isinstance(init, AnyOf)
-        out = search(copies, init, m.step, deadline=self.deadline, max_steps=TRIAL_STEPS,
+        out = search(copies, init, m.step, deadline=self.deadline, max_steps=self.max_steps,
                      progress=m.progress if concrete else None, limit=m.limit,
                      preserves=m.preserves if concrete else None)
         if out.valid == "unknown":
@@ -245,7 +247,7 @@ def confirm(model: Model, ops: list[Operation], suspects: list[Operation], rule:
                        sorted(ops[i].index for i in named), by_rule=rule)
     if not named:
         return fallback
-    trials = _Trials(model, deadline)
+    trials = _Trials(model, deadline, CONFIRM_STEPS)
     init = model.init()
     last = max((ops[i].ret if ops[i].required else ops[i].call) for i in named)
     everyone = {op.id for op in ops if op.required}
