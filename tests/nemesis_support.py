@@ -126,3 +126,12 @@ def run_isolated(request: pytest.FixtureRequest, inv, tmp_path, workload: str = 
     request.node.user_properties.append(("etcdproof_run", str(run_dir)))
     outcome = run_sync(runner)
     return outcome, target
+
+
+def nemesis_story(history) -> str:
+    """The nemesis ops' completions, one line each (time, op, outcome, error): what a failed
+    "fault applied" assert must show, since the run directory is gone by the time CI is read."""
+    from checker.history import NEMESIS
+
+    return "; ".join(f"{op.time / 1e9:.1f}s {op.f} {op.type}{' ' + op.error if op.error else ''}"
+                     for op in history if op.process == NEMESIS and op.type != "invoke")

@@ -14,6 +14,7 @@ import pytest
 
 from checker.history import NEMESIS, OK, load_history
 from harness import store
+from nemesis_support import nemesis_story
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,7 +35,7 @@ def test_register_under_partitions_and_kills_is_linearizable(run_etcdproof, db_k
     assert {op.f for op in oks} == {"read", "write", "cas"}
     for fault in nemesis:
         starts = applied(history, fault)
-        assert starts, f"no {fault} fault applied"
+        assert starts, f"no {fault} fault applied: {nemesis_story(history)}"
     if "partition" in nemesis:
         ev = applied(history, "partition")[0].value
         assert any(rules for rules in ev["rules"].values()), ev
@@ -43,7 +44,9 @@ def test_register_under_partitions_and_kills_is_linearizable(run_etcdproof, db_k
     # the recovery phase read every key once more after the heal, and those reads succeeded
     keys = {op.key for op in history if op.process != NEMESIS}
     final = {op.key for op in oks if op.f == "read" and op.process >= 1_000_000}
-    assert keys and final == keys, sorted(keys - final)
+    assert keys and final == keys, (sorted(keys - final), [(op.key, op.type, op.error) for op in history
+                                                            if op.process != NEMESIS and op.process >= 1_000_000
+                                                            and op.type != "invoke"])
     test = json.loads((o.run_dir / store.TEST_JSON).read_text())
     assert test["db"]["kind"] == db_kind and all(test["db"]["versions"].values())
     assert (o.run_dir / store.REPORT).stat().st_size > 10_000

@@ -12,6 +12,7 @@ import pytest
 
 from checker.history import NEMESIS, OK, load_history
 from harness import store
+from nemesis_support import nemesis_story
 
 pytestmark = pytest.mark.timeout(300)
 NODES = 3
@@ -37,7 +38,9 @@ def verdicts(outcome) -> dict:
 
 def assert_faults_applied(outcome, nemesis: list[str]) -> None:
     for fault in nemesis:
-        assert applied(outcome, fault), f"no {fault} fault applied"
+        if not applied(outcome, fault):
+            story = nemesis_story(load_history(str(outcome.run_dir / store.HISTORY)))
+            raise AssertionError(f"no {fault} fault applied: {story}")
 
 
 def run(run_etcdproof, workload: str, db: str, nemesis: list[str], limit: float, **kw):
