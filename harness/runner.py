@@ -38,6 +38,9 @@ from workloads.base import Workload
 
 log = logging.getLogger("etcdproof.runner")
 
+FINAL_ATTEMPTS = 4  # tries of each recovery-phase op (they only read) until one succeeds
+FINAL_RETRY_GAP = 0.5  # seconds before the second try; 1.0 before the third, ...
+
 
 @dataclass
 class TestSpec:
@@ -256,15 +259,27 @@ class Runner:
             queues[i % len(self.nodes)].append(t)
         base = 10 * self.concurrency + 1_000_000  # processes of their own, never reused
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.recovery_timeout
+
         async def drain(i: int, q: list[OpTemplate]) -> None:
             node, endpoint = self.endpoint(i)
             client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
             process = base + i
             try:
                 for t in q:
-                    op = await self.invoke(client, process, node, t)
-                    if op.type == INFO:
-                        process += len(self.nodes)
+                    # final ops only read, so one that did not succeed is tried again (each try
+                    # its own op in the history): right after the heal a rejoining member can
+                    # still force an election, and etcd fails reads caught in it
+                    for attempt in range(FINAL_ATTEMPTS):
+                        op = await self.invoke(client, process, node, t)
+                        if op.type == INFO:
+                            process += len(self.nodes)
+                            await client.close()
+                            client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+                        if op.type == OK or attempt == FINAL_ATTEMPTS - 1 or loop.time() >= deadline:
+                            break
+                        await asyncio.sleep(FINAL_RETRY_GAP * (attempt + 1))
             finally:
                 await client.close()
 

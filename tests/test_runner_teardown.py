@@ -239,3 +239,43 @@ def test_a_signal_just_after_the_time_limit_waits_for_the_fault_in_flight_before
     outcome = asyncio.run(go())
     assert not fault.healed_during_start, "the final heal ran while a fault was still being applied"
     assert_finished_as_interrupted(r, outcome, db, fault)
+
+
+class FlakyFinalReads(FakeWorkload):
+    """Its final read fails definitely, then uncertainly, then succeeds: as reads caught in the
+    election a rejoining member forces right after the heal."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.final_calls = 0
+
+    async def invoke(self, client, op: OpTemplate):
+        from harness.client import Definite, Indefinite
+
+        if op.key != "final":
+            return "ok", 1, {}
+        self.final_calls += 1
+        if self.final_calls <= self.failures:
+            raise (Definite if self.final_calls % 2 else Indefinite)("etcdserver: leader changed")
+        return "ok", 7, {}
+
+    def final_ops(self, history) -> list:
+        return [OpTemplate("read", "final", None)]
+
+
+@pytest.mark.parametrize("failures,tries", [(2, 3), (9, 4)])
+def test_a_final_read_that_fails_is_tried_again(tmp_path: Path, monkeypatch, failures: int, tries: int) -> None:
+    """Each try is its own op (a new process after an uncertain one); the tries stop at the first
+    success or after FINAL_ATTEMPTS, and nothing else is retried."""
+    from checker.history import load_history
+    from harness import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "FINAL_RETRY_GAP", 0.01)
+    wl = FlakyFinalReads(failures)
+    spec = Spec(workload="fake", db="fake", nemesis=[], time_limit=0.2, rate=20, seed=1)
+    r = Runner(spec, NODES, {}, FakeDB(), wl, [], store.new_run_dir(tmp_path, spec.test_name()))
+    asyncio.run(r.run())
+    done = [op for op in load_history(str(r.run_dir / store.HISTORY)) if op.key == "final" and op.type != "invoke"]
+    assert [op.type for op in done] == (["fail", "info", "ok"] if failures == 2 else ["fail", "info", "fail", "info"])
+    assert wl.final_calls == tries == runner_module.FINAL_ATTEMPTS - (failures == 2)
+    assert done[0].process == done[1].process != done[2].process  # a new process after the info
