@@ -106,9 +106,11 @@ class CheckResult:
             return f"{self.op_count} ops in {n} partition{'s' * (n != 1)} linearizable ({self.model.name} model)"
         if self.failures:
             first = self.failures[0]
+            why = first.blocked[0][1] if first.blocked else "no linearization"
+            if n == 1 and first.key is None:  # a model that does not partition (kv, mutex)
+                return f"not linearizable: {why}"
             keys = ", ".join(str(_jsonable_key(p.key)) for p in self.failures[:5])
             more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
-            why = first.blocked[0][1] if first.blocked else "no linearization"
             return f"not linearizable: {keys}{more} ({_jsonable_key(first.key)}: {why})"
         undecided = [p for p in self.partitions if p.valid == UNKNOWN]
         why = undecided[0].reason if undecided and undecided[0].reason else "budget"

@@ -90,6 +90,8 @@ def linearizable_failures(result: dict, by_index: dict[int, Completed]) -> list[
         picked = sorted(set(minimal.get("ops") or []) | {b["index"] for b in part.get("blocked", [])})
         out.append({
             "key": part.get("key"), "valid": verdict_word(part.get("valid")), "reason": part.get("reason", ""),
+            "refutation": part.get("refutation"),
+            "label": "the whole history" if part.get("key") is None else part.get("key"),  # unpartitioned models
             "linearized": part.get("linearized"), "required": part.get("required"),
             "final_state": part.get("final_state"), "blocked": part.get("blocked", []),
             "minimal_initial": minimal.get("initial_state"), "minimal_complete": minimal.get("complete"),

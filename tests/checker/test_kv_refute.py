@@ -319,3 +319,31 @@ def test_the_cli_shows_a_refutations_set(tmp_path, capsys):
     assert mm["by_rule"] == "missed write" and set(mm["ops"]) <= set(named) and mm["complete"] is True
     # the read alone: the put's timing does not matter, its revision 3 pins it before the read
     assert f"ops to look at (minimal): {', '.join(map(str, mm['ops']))}" in out, out
+
+
+def test_the_report_of_a_refuted_run_says_no_search_ran(tmp_path):
+    """A run whose KV partition the pre-pass refuted: the report names the rule, lists the ops it
+    names with its argument, each linked to its history line, and claims no prefix."""
+    from markupsafe import escape
+
+    from checker.history import HistoryWriter
+    from reports.run import render_run
+
+    h, named = CASES["maker of a revision"]
+    with open(tmp_path / "history.jsonl", "w") as f:
+        w = HistoryWriter(f)
+        for op in h.ops:
+            w.write(op)
+    result = check(h.ops, kv_model(), workers=1).to_dict()
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"valid": False, "checkers": {"linearizable": dict(result, checker="linearizable")}}, default=str))
+    (tmp_path / "test.json").write_text(json.dumps({"name": "refuted-kv"}))
+    html = render_run(tmp_path).read_text()
+    view = html.split("Why linearizable is INVALID", 1)[1]
+    assert '">the whole history: INVALID (refuted before the search (maker of a revision)' in view  # no key
+    assert "not linearizable: None" not in html
+    assert "Refuted before any search by the rule <b>maker of a revision</b>" in view
+    assert "The longest linearizable prefix takes" not in view
+    why = escape(result["partitions"][0]["refutation"]["why"])
+    for i in named:
+        assert re.search(rf'<tr><td><a href="report/history.html#op-{i}">{i}</a></td><td>[^<]*</td><td>{re.escape(why)}</td></tr>', view)
