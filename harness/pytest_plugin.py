@@ -186,9 +186,18 @@ def run_etcdproof(request: pytest.FixtureRequest, etcdproof_inventory, etcdproof
                         control_ip=inv.control_ip)
         outcome = run_sync(runner)
         request.node.user_properties.append(("etcdproof_run", str(run_dir)))
+        stop_if_interrupted(outcome, run_dir)
         return outcome
 
     return run
+
+
+def stop_if_interrupted(outcome, run_dir) -> None:
+    """Ctrl-C (or SIGTERM) during a run ends that run inside run_sync, faults healed and servers
+    stopped, and run_sync keeps the signal from pytest; pytest must stop all the same, as it does
+    for a Ctrl-C anywhere else, rather than go on to the next run."""
+    if outcome.interrupted:
+        raise KeyboardInterrupt(f"interrupted during the run {run_dir} (its faults healed, its servers stopped)")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from harness.db import DB, DBConfig, EtcdDB, ReferenceDB
-from harness.pytest_plugin import session_ports
+from harness.pytest_plugin import session_ports, stop_if_interrupted
 from nemesis.base import NemesisContext
 
 
@@ -125,6 +125,7 @@ def run_isolated(request: pytest.FixtureRequest, inv, tmp_path, workload: str = 
                     can_partition=inv.can_partition, why_not_partition=inv.why_not_partition, control_ip=inv.control_ip)
     request.node.user_properties.append(("etcdproof_run", str(run_dir)))
     outcome = run_sync(runner)
+    stop_if_interrupted(outcome, run_dir)
     return outcome, target
 
 

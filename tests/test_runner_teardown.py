@@ -279,3 +279,24 @@ def test_a_final_read_that_fails_is_tried_again(tmp_path: Path, monkeypatch, fai
     assert [op.type for op in done] == (["fail", "info", "ok"] if failures == 2 else ["fail", "info", "fail", "info"])
     assert wl.final_calls == tries == runner_module.FINAL_ATTEMPTS - (failures == 2)
     assert done[0].process == done[1].process != done[2].process  # a new process after the info
+
+
+def test_a_run_interrupted_under_pytest_stops_the_session(tmp_path: Path) -> None:
+    """run_sync swallows the SIGINT that ended the run (it healed and tore down first); the pytest
+    fixtures then raise KeyboardInterrupt, so pytest stops instead of starting the next run."""
+    import os
+    import signal
+
+    from harness.pytest_plugin import stop_if_interrupted
+    from harness.runner import run_sync
+
+    db, fault = FakeDB(), FakeFault()
+    r = runner(tmp_path, db, fault, time_limit=30)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    outcome = run_sync(r)
+    assert outcome.interrupted and db.stopped
+    with pytest.raises(KeyboardInterrupt, match="healed"):
+        stop_if_interrupted(outcome, r.run_dir)
+    done = run_sync(runner(tmp_path, FakeDB(), FakeFault(), time_limit=0.2))
+    assert not done.interrupted
+    stop_if_interrupted(done, tmp_path)  # a run that ended by itself lets the session go on
