@@ -228,7 +228,6 @@ def minimal(model: Model, ops: list[Operation], deadline: float, hint: int | Non
     return Minimal(sorted(kept), trials.undecided == 0, initial, window, trials.count, sorted(critical))
 
 
-
 def confirm(model: Model, ops: list[Operation], suspects: list[Operation], rule: str, deadline: float) -> Minimal:
     """The set to look at for a partition refuted before the search (checker.kvrefute): the ops
     the rule named, checked like any other set where a search can afford it.
