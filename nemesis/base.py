@@ -11,6 +11,7 @@ them in a thread.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -56,6 +57,13 @@ class NemesisContext:
         """The nodes that are cluster members now (every node, less the removed ones)."""
         gone = self.removed()
         return [n for n in self.nodes if n.name not in gone]
+
+    def node_lock(self, name: str) -> threading.RLock:
+        """Held around a decision about a node's server and the act on it (start it if down and
+        still a member; remove, kill and wipe it; add it back and start it), so that concurrent
+        lanes cannot start a server the member fault is wiping, or one it is adding back."""
+        locks = self.extra.setdefault("node-locks", {})
+        return locks.setdefault(name, threading.RLock())
 
 
 @runtime_checkable

@@ -28,8 +28,19 @@ T = TypeVar("T")
 RETRIED = ("unhealthy cluster", "etcdserver: no leader")
 
 
+# refusals that leave the membership as it was: etcd's strict reconfiguration check (a removal
+# that would leave fewer started members than a quorum, as when another fault has stopped or
+# paused one) and asking without a leader
+REFUSALS = ("re-configuration failed due to not enough started members", "unhealthy cluster",
+            "etcdserver: no leader")
+
+
 class MemberError(Exception):
     """A membership change failed; one line naming the node."""
+
+
+class MemberRefused(MemberError):
+    """Every member asked refused the change definitely (REFUSALS), and it did not happen."""
 
 
 def _call(endpoint: str, fn: Callable[[EtcdClient], Awaitable[T]], timeout: float = 10.0) -> T:
@@ -110,10 +121,19 @@ class MemberNemesis:
         if len(running) < floor:
             raise FaultRefused(f"only {len(running)} members running: a removal needs a quorum")
         victims = ctx.rng.sample(members, k)
-        removed = {}
+        removed, refused = {}, {}
         for n in victims:
-            removed[n.name] = self.remove(ctx, n)
-        return {"op": "remove", "nodes": sorted(removed), "removed": removed}
+            try:
+                removed[n.name] = self.remove(ctx, n)
+            except MemberRefused as e:
+                if not removed:  # nothing changed: a refusal, with the cluster's reason
+                    raise FaultRefused(str(e)) from None
+                refused[n.name] = str(e)  # the first removal stands; the fault is that one
+                break
+        out = {"op": "remove", "nodes": sorted(removed), "removed": removed}
+        if refused:
+            out["refused"] = refused
+        return out
 
     def remove(self, ctx: NemesisContext, n: Node) -> dict:
         """MemberRemove n through another member, then stop and wipe it."""
@@ -126,15 +146,19 @@ class MemberNemesis:
         except MemberError as e:
             check, _ = self.member_id(ctx, n)  # an uncertain remove may have happened
             if check is not None:
+                answers = str(e).removeprefix("no member answered: ").split("; ")
+                if all(any(x in a for x in REFUSALS) for a in answers):
+                    raise MemberRefused(f"the cluster refused to remove {n.name}: {answers[0]}") from None
                 raise MemberError(f"removing {n.name} ({mid:x}) failed: {e}") from None
             via, after = None, [x for x in before if x != n.name]
-        ctx.removed().add(n.name)
-        self.out.append(n)
-        ctx.db.members = ctx.members()
-        pid = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n))
-        ctx.db.kill(n)
-        gone = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None
-        ctx.db.wipe(n)
+        with ctx.node_lock(n.name):  # no other lane restarts it from here on: it is removed
+            ctx.removed().add(n.name)
+            self.out.append(n)
+            ctx.db.members = ctx.members()
+            pid = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n))
+            ctx.db.kill(n)
+            gone = ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None
+            ctx.db.wipe(n)
         return {"id": f"{mid:x}", "via": via.name if via else None, "members_before": before, "members_after": after,
                 "pid": pid, "gone": gone, "wiped": ctx.db.data_dir(n)}
 
@@ -153,9 +177,10 @@ class MemberNemesis:
                 mid, _ = self.member_id(ctx, n)  # an uncertain add may have happened
                 if mid is None:
                     raise MemberError(f"adding {n.name} back failed: {e}") from None
-        ctx.removed().discard(n.name)
-        ctx.db.members = None if not ctx.removed() else ctx.members()
-        pid = ctx.db.start(n, state="existing")
+        with ctx.node_lock(n.name):  # a member again, started here, not by another lane as a new one
+            ctx.removed().discard(n.name)
+            ctx.db.members = None if not ctx.removed() else ctx.members()
+            pid = ctx.db.start(n, state="existing")
         deadline = time.monotonic() + timeout
         while not ctx.db.healthy(n) and time.monotonic() < deadline:
             time.sleep(0.3)

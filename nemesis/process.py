@@ -34,9 +34,10 @@ def restart_down(ctx: NemesisContext, nodes: list[Node]) -> dict:
     (A removed node is nemesis/member.py's to bring back.)"""
     started = {}
     for n in nodes:
-        if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
-            continue
-        started[n.name] = {"pid": ctx.db.start(n)}
+        with ctx.node_lock(n.name):  # the member fault may be removing or adding it meanwhile
+            if n.name in ctx.removed() or ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None:
+                continue
+            started[n.name] = {"pid": ctx.db.start(n)}
     return {"nodes": sorted(started), "started": started}
 
 
