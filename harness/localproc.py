@@ -6,12 +6,14 @@ directory the caller owns, and processes are killed with real signals.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,13 +25,52 @@ ETCDCTL_BIN = os.environ.get("ETCDPROOF_ETCDCTL_BIN") or shutil.which("etcdctl")
 _RESERVED = {2379, 2380}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+# Listening ports come from below the kernel's ephemeral range: a port picked from that range
+# (bind to port 0) can be taken as the source port of an outgoing connection (a peer dialling
+# another member, a client) between the pick and the server's own bind, and the server then
+# dies with "address already in use". Below the range only another listener can collide, and
+# the random pick plus the ports this process already handed out make that unlikely.
+# 20000-29000 belongs to the pytest sessions' node servers (harness.pytest_plugin.session_ports).
+_PORT_FLOOR, _PORT_TOP = 10_000, 20_000
+_handed_out: deque[int] = deque(maxlen=3_000)  # recent picks: a long session must not run dry
+_pick = random.Random()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _kernel_pick(host: str) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
         if port not in _RESERVED:
             return port
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on host nothing listens on, outside the ephemeral range, not 2379/2380, and not
+    handed out recently by this process."""
+    top = min(_PORT_TOP, _ephemeral_floor())
+    if top <= _PORT_FLOOR + 1_000:  # an unusual ephemeral range: the kernel's pick is all there is
+        return _kernel_pick(host)
+    for _ in range(1_000):
+        port = _pick.randrange(_PORT_FLOOR, top)
+        if port in _RESERVED or port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
+    raise RuntimeError(f"no free port on {host} in {_PORT_FLOOR}..{top}")
 
 
 def have_etcd() -> bool:

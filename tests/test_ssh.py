@@ -18,14 +18,8 @@ import pytest
 
 from harness.inventory import Node, loopback_nodes
 from harness.remote import RemoteError
+from harness.localproc import free_port
 from harness.ssh import LocalRemote, SSHRemote, cmdline_matches
-
-
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        port = s.getsockname()[1]
-    return port if port not in (2379, 2380) else free_port(ip)
 
 
 def node_free_port(remote) -> int:
