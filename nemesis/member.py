@@ -31,8 +31,7 @@ RETRIED = ("unhealthy cluster", "etcdserver: no leader")
 # refusals that leave the membership as it was: etcd's strict reconfiguration check (a removal
 # that would leave fewer started members than a quorum, as when another fault has stopped or
 # paused one) and asking without a leader
-REFUSALS = ("re-configuration failed due to not enough started members", "unhealthy cluster",
-            "etcdserver: no leader")
+REFUSALS = RETRIED + ("re-configuration failed due to not enough started members",)
 
 
 class MemberError(Exception):
