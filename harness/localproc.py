@@ -73,6 +73,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no free port on {host} in {_PORT_FLOOR}..{top}")
 
 
+def _auth_refusal(e: grpc.RpcError) -> bool:
+    """A read refused for want of a user or a permission (as `etcdctl endpoint health` takes it:
+    the member answered after its read went through raft)."""
+    code = e.code()
+    return code == grpc.StatusCode.PERMISSION_DENIED or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (e.details() or ""))
+
+
 def have_etcd() -> bool:
     return os.path.exists(ETCD_BIN) and os.access(ETCD_BIN, os.X_OK)
 
@@ -160,6 +168,8 @@ class LocalMember:
                     rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
                 return
             except grpc.RpcError as e:
+                if _auth_refusal(e):  # auth is on: the read got through raft and was refused
+                    return
                 last = e
                 time.sleep(0.1)
         raise TimeoutError(f"{self.kind} server on {self.endpoint} not ready after {timeout}s: {last}")

@@ -11,7 +11,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from server import entrybatch, errors
+from server import auth as authmod, entrybatch, errors
+from server.auth import READ, WRITE, AuthInfo, AuthStore
 from server.backend import META_CONSISTENT_INDEX, META_TERM, Backend
 from server.kvops import check_put_lease, do_delete, do_put, do_range, do_txn_read, do_txn_write, mvcc_error
 from server.lease import LeaseExists, LeaseNotFound, LeaseTTLTooLarge, Lessor
@@ -73,6 +74,7 @@ class Applier:
         self.applied_index = 0
         self.applied_term = 0
         self.compaction_jobs: list[CompactionJob] = []  # physical deletions to run after the batch
+        self.auth = AuthStore(backend)
 
     # ------------------------------------------------------------- restore
     def restore(self) -> None:
@@ -86,6 +88,7 @@ class Applier:
             m = pb.Member.FromString(v)
             self.members[m.ID] = m
         self.removed = {struct.unpack(">Q", k)[0] for k, _ in self.backend.items(REMOVED_BUCKET)}
+        self.auth.restore()
 
     # ---------------------------------------------------------- membership
     def put_member(self, m: pb.Member) -> None:
@@ -168,7 +171,7 @@ class Applier:
             for raw in entrybatch.unpack(data) if data[0] == 0 else (data,):
                 r = InternalRaftRequest.FromString(raw)
                 try:
-                    result = self._dispatch(r)
+                    result = self._dispatch(r, index)
                 except errors.EtcdError as e:
                     result = e
                 out.append((r.header.ID, result))
@@ -178,7 +181,9 @@ class Applier:
         self.backend.put_meta(META_TERM, term.to_bytes(8, "big"))
         return out
 
-    def _dispatch(self, r: InternalRaftRequest) -> object:
+    def _dispatch(self, r: InternalRaftRequest, index: int) -> object:
+        if r.header.auth_revision and self.auth.enabled:
+            self._check_auth(r)  # a client's request, checked as etcd does, when it is applied
         if r.HasField("put"):
             return self._put(r.put)
         if r.HasField("delete_range"):
@@ -197,7 +202,38 @@ class Applier:
             return do_range(self.store, r.range)
         if r.HasField("etcdproof_member_attr_set"):
             return self._member_attr(r.etcdproof_member_attr_set)
+        for which in authmod.REQUESTS:
+            if r.HasField(which):
+                return self.auth.apply(r, which, index)
         return errors.unimplemented("this request type")
+
+    def _check_auth(self, r: InternalRaftRequest) -> None:
+        """Raise unless the request's user may make it (requests the server makes for itself,
+        lease expiry and auto-compaction, carry no auth revision and are not checked)."""
+        ai = AuthInfo(r.header.username, r.header.auth_revision)
+        a = self.auth
+        if r.HasField("put"):
+            a.check(ai, r.put.key, b"", WRITE, at_apply=True)
+            if r.put.prev_kv:
+                a.check(ai, r.put.key, b"", READ, at_apply=True)
+            if r.put.lease:
+                self._check_lease_keys(ai, r.put.lease)
+        elif r.HasField("delete_range"):
+            d = r.delete_range
+            a.check(ai, d.key, d.range_end, WRITE, at_apply=True)
+            if d.prev_kv:
+                a.check(ai, d.key, d.range_end, READ, at_apply=True)
+        elif r.HasField("txn"):
+            a.check_txn(ai, r.txn, at_apply=True)
+        elif r.HasField("lease_revoke"):
+            self._check_lease_keys(ai, r.lease_revoke.ID)
+
+    def _check_lease_keys(self, ai: AuthInfo, lease_id: int) -> None:
+        """Whoever revokes a lease (or attaches to it) deletes its keys: they must be writable."""
+        lease = self.lessor.lookup(lease_id)
+        if lease is not None:
+            for key in sorted(lease.keys):
+                self.auth.check(ai, key, b"", WRITE, at_apply=True)
 
     def _publish(self, txn) -> int:
         res = txn.end(events=self.hub.wants_events())

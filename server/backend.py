@@ -27,7 +27,8 @@ import lmdb
 
 from server.fsutil import fsync_dir
 
-BUCKETS = (b"key", b"meta", b"lease", b"members", b"members_removed", b"alarm", b"cluster")
+BUCKETS = (b"key", b"meta", b"lease", b"members", b"members_removed", b"alarm", b"cluster",
+           b"auth", b"authUsers", b"authRoles")
 KEY = b"key"
 META = b"meta"
 META_CONSISTENT_INDEX = b"consistent_index"

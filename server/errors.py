@@ -36,6 +36,11 @@ class EtcdError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def grpc_name(self) -> str:
+        """The code as Go's grpc prints it ("PermissionDenied"), for texts etcd builds with it."""
+        return "".join(w.capitalize() for w in self.code.name.split("_"))
+
     def __repr__(self) -> str:
         return f"EtcdError({self.code.name}, {self.message!r})"
 

@@ -25,6 +25,7 @@ from typing import AsyncIterator
 import google_crc32c
 
 from server import errors
+from server.auth import READ, AuthInfo, current_token
 from server.apply import LEASE_BUCKET, MEMBERS_BUCKET, Applier, CompactionJob, _has_put, decode_lease
 from server.backend import META_CONSISTENT_INDEX, META_TERM, Backend
 from server.config import API_VERSION, Config, compaction_period
@@ -109,6 +110,7 @@ class EtcdServer:
         self.store = KVStore(self.backend, self.lessor)
         self.hub = WatchHub(self.store, self.header, max_response_bytes=cfg.max_request_bytes)
         self.applier = Applier(self.store, self.lessor, self.backend, self.hub, time.monotonic)
+        self.auth = self.applier.auth
         # read when scraped, not kept up to date per request
         self.metrics.proposals_pending.set_function(lambda: len(self._waiters))
         self.metrics.proposals_applied.set_function(lambda: self.applier.applied_index)
@@ -509,6 +511,24 @@ class EtcdServer:
     def _propose_nowait(self, req: InternalRaftRequest) -> None:
         self._submit(req)
 
+    # -------------------------------------------------------------- auth
+    def auth_info(self) -> AuthInfo:
+        """The caller of the request being served (server/auth.py: nobody when auth is off)."""
+        return self.auth.info(current_token.get())
+
+    def _stamp(self, req: InternalRaftRequest) -> InternalRaftRequest:
+        """Mark a client's request with its user and the auth revision, for the check when it
+        is applied (requests the server makes for itself stay unmarked)."""
+        ai = self.auth_info()
+        if ai.username:
+            req.header.username = ai.username
+        req.header.auth_revision = self.auth.revision
+        return req
+
+    def check_admin(self, maintenance: bool = False) -> None:
+        if self.auth.enabled:
+            self.auth.is_admin(self.auth_info(), maintenance)
+
     async def _check_quota(self, cost: int, capped: bool = True) -> None:
         """capped: refused while NOSPACE is raised (etcd lets a txn without puts through).
 
@@ -541,25 +561,29 @@ class EtcdServer:
         check_range(r)
         if not r.serializable:
             await self.linearizable()
+        if self.auth.enabled:
+            self.auth.check(self.auth_info(), r.key, r.range_end, READ)
         return self._fill(do_range(self.store, r))
 
     async def put(self, r: pb.PutRequest) -> pb.PutResponse:
         check_put(r)
         await self._check_quota(r.ByteSize())
-        return await self._propose(InternalRaftRequest(put=r))  # type: ignore[return-value]
+        return await self._propose(self._stamp(InternalRaftRequest(put=r)))  # type: ignore[return-value]
 
     async def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
         check_delete(r)
-        return await self._propose(InternalRaftRequest(delete_range=r))  # type: ignore[return-value]
+        return await self._propose(self._stamp(InternalRaftRequest(delete_range=r)))  # type: ignore[return-value]
 
     async def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
         check_txn(r, self.cfg.max_txn_ops)
         if txn_is_readonly(r):
             if not _txn_serializable(r):
                 await self.linearizable()
+            if self.auth.enabled:
+                self.auth.check_txn(self.auth_info(), r)
             return self._fill(do_txn_read(self.store, r))
         await self._check_quota(r.ByteSize(), capped=_has_put(r))
-        return await self._propose(InternalRaftRequest(txn=r))  # type: ignore[return-value]
+        return await self._propose(self._stamp(InternalRaftRequest(txn=r)))  # type: ignore[return-value]
 
     async def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         return await self._propose(InternalRaftRequest(compaction=r))  # type: ignore[return-value]
@@ -571,7 +595,7 @@ class EtcdServer:
         return await self._propose(InternalRaftRequest(lease_grant=req))  # type: ignore[return-value]
 
     async def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
-        return await self._propose(InternalRaftRequest(lease_revoke=r))  # type: ignore[return-value]
+        return await self._propose(self._stamp(InternalRaftRequest(lease_revoke=r)))  # type: ignore[return-value]
 
     def refuses_as_learner(self, request: object) -> bool:
         """etcd 3.4 serves a learner's clients only Status and serializable Range (its gRPC
@@ -668,6 +692,7 @@ class EtcdServer:
 
     async def defragment(self) -> pb.DefragmentResponse:
         """Rewrite the backend compactly. Blocks the server meanwhile, as etcd's does."""
+        self.check_admin(maintenance=True)
         assert self._maint is not None
         async with self._maint:
             if self._commit_inflight is not None:
@@ -678,6 +703,7 @@ class EtcdServer:
             return self._fill(pb.DefragmentResponse(header=pb.ResponseHeader()))
 
     def hash(self) -> pb.HashResponse:
+        self.check_admin(maintenance=True)
         return self._fill(pb.HashResponse(header=pb.ResponseHeader(), hash=self.backend.hash()))
 
     def hash_kv(self, r: pb.HashKVRequest) -> pb.HashKVResponse:
@@ -687,6 +713,7 @@ class EtcdServer:
         them (when it would keep anything), so members agree however far they have compacted.
         Runs on the loop in one go, so no compaction batch is half done underneath.
         """
+        self.check_admin(maintenance=True)
         compact = self.store.compact_rev
         rev = r.revision
         if 0 < rev <= compact:
@@ -716,6 +743,7 @@ class EtcdServer:
 
     async def snapshot(self) -> AsyncIterator[pb.SnapshotResponse]:
         """Stream a consistent copy of the backend, then its SHA-256 (as etcd appends it)."""
+        self.check_admin(maintenance=True)
         fd, path = tempfile.mkstemp(prefix="snapshot-", dir=self.cfg.member_dir)
         os.close(fd)
         os.unlink(path)
@@ -812,6 +840,7 @@ class EtcdServer:
         return n
 
     async def member_add(self, r: pb.MemberAddRequest) -> pb.MemberAddResponse:
+        self.check_admin()
         urls = self._check_peer_urls(list(r.peerURLs))
         voters = sum(1 for m in self.applier.members.values() if not m.isLearner)
         if not r.isLearner and self._started_voters() < (voters + 1) // 2 + 1:
@@ -823,6 +852,7 @@ class EtcdServer:
         return self._fill(pb.MemberAddResponse(header=pb.ResponseHeader(), member=m, members=members))
 
     async def member_remove(self, r: pb.MemberRemoveRequest) -> pb.MemberRemoveResponse:
+        self.check_admin()
         target = self.applier.members.get(r.ID)
         if target is None:
             raise errors.MEMBER_NOT_FOUND
@@ -839,6 +869,7 @@ class EtcdServer:
         return p is not None and p.connected
 
     async def member_update(self, r: pb.MemberUpdateRequest) -> pb.MemberUpdateResponse:
+        self.check_admin()
         if r.ID not in self.applier.members:
             raise errors.MEMBER_NOT_FOUND
         urls = self._check_peer_urls(list(r.peerURLs), exclude=r.ID)
@@ -849,6 +880,7 @@ class EtcdServer:
         return self._fill(pb.MemberUpdateResponse(header=pb.ResponseHeader(), members=members))
 
     async def member_promote(self, r: pb.MemberPromoteRequest) -> pb.MemberPromoteResponse:
+        self.check_admin()
         m = self.applier.members.get(r.ID)
         if m is None:
             raise errors.MEMBER_NOT_FOUND

@@ -24,7 +24,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from server import concurrency, errors
+from server import authapi, concurrency, errors
+from server.auth import current_token
 from server.config import API_VERSION
 from server.errors import Code, EtcdError
 from server.proto.etcdserverpb import rpc_pb2
@@ -91,12 +92,34 @@ UNARY: dict[str, Unary] = {
     "/v3/cluster/member/remove": (pb.MemberRemoveRequest, lambda s, r: s.member_remove(r)),
     "/v3/cluster/member/update": (pb.MemberUpdateRequest, lambda s, r: s.member_update(r)),
     "/v3/cluster/member/promote": (pb.MemberPromoteRequest, lambda s, r: s.member_promote(r)),
-    "/v3/auth/status": (pb.AuthStatusRequest, lambda s, r: pb.AuthStatusResponse(header=s.header())),
+    "/v3/auth/status": (pb.AuthStatusRequest, lambda s, r: authapi.status(s)),
+    "/v3/auth/authenticate": (pb.AuthenticateRequest, lambda s, r: authapi.authenticate(s, r)),
     "/v3/lock/unlock": (lockpb.UnlockRequest, lambda s, r: concurrency.unlock(s, r)),
     "/v3/election/proclaim": (elpb.ProclaimRequest, lambda s, r: concurrency.proclaim(s, r)),
     "/v3/election/leader": (elpb.LeaderRequest, lambda s, r: concurrency.leader(s, r)),
     "/v3/election/resign": (elpb.ResignRequest, lambda s, r: concurrency.resign(s, r)),
 }
+
+
+# the Auth service's other methods, at grpc-gateway's paths for them
+AUTH_PATHS = {
+    "/v3/auth/enable": "AuthEnable", "/v3/auth/disable": "AuthDisable",
+    "/v3/auth/user/add": "UserAdd", "/v3/auth/user/get": "UserGet", "/v3/auth/user/list": "UserList",
+    "/v3/auth/user/delete": "UserDelete", "/v3/auth/user/changepw": "UserChangePassword",
+    "/v3/auth/user/grant": "UserGrantRole", "/v3/auth/user/revoke": "UserRevokeRole",
+    "/v3/auth/role/add": "RoleAdd", "/v3/auth/role/get": "RoleGet", "/v3/auth/role/list": "RoleList",
+    "/v3/auth/role/delete": "RoleDelete", "/v3/auth/role/grant": "RoleGrantPermission",
+    "/v3/auth/role/revoke": "RoleRevokePermission",
+}
+
+
+def _auth_route(method: str) -> Unary:
+    cls = getattr(pb, f"Auth{method}Request" if not method.startswith("Auth") else f"{method}Request")
+    return cls, lambda s, r: authapi.call(s, method, r)
+
+
+for _path, _method in AUTH_PATHS.items():
+    UNARY[_path] = _auth_route(_method)
 
 
 def _known_fields(obj: object, desc) -> object:
@@ -144,6 +167,7 @@ RPC_NAMES: dict[str, tuple[str, str, str]] = {
     "/v3/cluster/member/update": ("unary", "etcdserverpb.Cluster", "MemberUpdate"),
     "/v3/cluster/member/promote": ("unary", "etcdserverpb.Cluster", "MemberPromote"),
     "/v3/auth/status": ("unary", "etcdserverpb.Auth", "AuthStatus"),
+    "/v3/auth/authenticate": ("unary", "etcdserverpb.Auth", "Authenticate"),
     "/v3/lock/lock": ("unary", "v3lockpb.Lock", "Lock"),
     "/v3/lock/unlock": ("unary", "v3lockpb.Lock", "Unlock"),
     "/v3/election/campaign": ("unary", "v3electionpb.Election", "Campaign"),
@@ -152,6 +176,7 @@ RPC_NAMES: dict[str, tuple[str, str, str]] = {
     "/v3/election/observe": ("server_stream", "v3electionpb.Election", "Observe"),
     "/v3/election/resign": ("unary", "v3electionpb.Election", "Resign"),
 }
+RPC_NAMES.update({p: ("unary", "etcdserverpb.Auth", m) for p, m in AUTH_PATHS.items()})
 
 
 def _rpc_path(path: str) -> str:
@@ -280,6 +305,8 @@ class Gateway:
 
     async def _dispatch(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
         srv = self.srv
+        if srv.auth.enabled:  # grpc-gateway passes Authorization on as "authorization" metadata
+            current_token.set(request.headers.get("Authorization") or request.headers.get("Grpc-Metadata-Token"))
         if path in UNARY:
             cls, fn = UNARY[path]
             req = parse_requests(body, cls)[0]

@@ -19,7 +19,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from server import concurrency, errors
+from server import authapi, concurrency, errors
+from server.auth import current_token
 from server.errors import EtcdError
 from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from server.proto.v3electionpb import v3election_pb2, v3election_pb2_grpc
@@ -55,6 +56,15 @@ def _safe_deserializer(cls: type) -> Callable[[bytes], object]:
     return decode
 
 
+def _token(context) -> str | None:
+    """The auth token a client sent: etcd's clients put it in "token" metadata, the gateway
+    (grpc-gateway) in "authorization"."""
+    for k, v in context.invocation_metadata() or ():
+        if k in ("token", "authorization"):
+            return v
+    return None
+
+
 def rpc(service: str, kind: str = "unary") -> Callable:
     """Wrap a handler: count it, map errors to gRPC status. Handlers may be sync or async."""
 
@@ -72,6 +82,8 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                         raise request.error
                     if self.srv.refuses_as_learner(request):
                         raise errors.NOT_SUPPORTED_FOR_LEARNER
+                    if self.srv.auth.enabled:
+                        current_token.set(_token(context))
                     resp = fn(self, request, context)
                     if inspect.isawaitable(resp):
                         resp = await resp
@@ -102,6 +114,8 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                     raise request.error
                 if self.srv.refuses_as_learner(request):
                     raise errors.NOT_SUPPORTED_FOR_LEARNER
+                if self.srv.auth.enabled:
+                    current_token.set(_token(context))
                 async for resp in fn(self, request, context):
                     yield resp
             except EtcdError as e:
@@ -260,32 +274,28 @@ class Maintenance(_Base, rpc_pb2_grpc.MaintenanceServicer):
 
 
 class Auth(_Base, rpc_pb2_grpc.AuthServicer):
-    """Authentication is off and cannot be turned on: the reference server has no users."""
+    """Users, roles and tokens (server/auth.py; the handlers in server/authapi.py)."""
 
     @rpc("etcdserverpb.Auth")
     def AuthStatus(self, request, context):
-        return pb.AuthStatusResponse(header=self.srv.header(), enabled=False)
+        return authapi.status(self.srv)
 
     @rpc("etcdserverpb.Auth")
     def Authenticate(self, request, context):
-        raise errors.AUTH_NOT_ENABLED
+        return authapi.authenticate(self.srv, request)
 
 
-def _unimplemented_auth(name: str) -> Callable:
+def _auth_handler(name: str) -> Callable:
     @rpc("etcdserverpb.Auth")
     def handler(self, request, context):
-        raise errors.unimplemented(f"Auth.{name}")
+        return authapi.call(self.srv, name, request)
 
     handler.__name__ = name
     return handler
 
 
-for _name in (
-    "AuthEnable", "AuthDisable", "UserAdd", "UserGet", "UserList", "UserDelete", "UserChangePassword",
-    "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleGet", "RoleList", "RoleDelete",
-    "RoleGrantPermission", "RoleRevokePermission",
-):
-    setattr(Auth, _name, _unimplemented_auth(_name))
+for _name in authapi.FIELDS:
+    setattr(Auth, _name, _auth_handler(_name))
 
 
 class Lock(_Base, v3lock_pb2_grpc.LockServicer):

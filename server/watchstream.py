@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
+from server.auth import READ
+from server.errors import EtcdError
 from server.proto.etcdserverpb import rpc_pb2
 from server.validate import delete_bounds
 
@@ -60,6 +62,13 @@ class WatchSession:
             self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,
                                             cancel_reason=ERR_EMPTY_RANGE))
             return
+        if srv.auth.enabled:
+            try:
+                srv.auth.check(srv.auth_info(), c.key, c.range_end, READ)
+            except EtcdError as e:
+                self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,
+                                                cancel_reason=f"rpc error: code = {e.grpc_name} desc = {e.message}"))
+                return
         if c.watch_id:
             if srv.hub.get(self.sink, c.watch_id) is not None:
                 self.sink.send(pb.WatchResponse(header=hdr, watch_id=-1, created=True, canceled=True,

@@ -495,21 +495,85 @@ def test_nospace_alarm_matches_etcd(pair_factory: PairFactory) -> None:
 
 
 # -------------------------------------------------------------------------------------- auth
-@pytest.mark.xfail(strict=True, reason="the reference server implements only Auth.AuthStatus: etcdctl's "
-                   "user, role and auth commands get Unimplemented where etcd answers")
 def test_auth_commands_match_etcd(pair_factory: PairFactory) -> None:
+    """Users, roles and permissions, then the same requests with auth on, as nobody, as a user
+    with a role and as root: answers, error texts and exit codes as etcd 3.4 gives them."""
     p = pair_factory()
     run = p.run
+    root, alice = "--user=root:rootpw", "--user=alice:secret"
     run("user", "list")
     run("role", "list")
     run("auth", "disable", contains="Authentication Disabled")
+    run("role", "get", "root", rc=1, contains="role name not found")
+    run("role", "add", "", rc=1, contains="role name is empty")
     run("role", "add", "r1", contains="Role r1 created")
+    run("role", "add", "r1", rc=1, contains="role name already exists")
     run("role", "grant-permission", "r1", "readwrite", "foo")
+    run("role", "grant-permission", "r1", "read", "bar", "--prefix")
+    run("role", "grant-permission", "r1", "write", "baz", "qux")
+    run("role", "grant-permission", "r1", "readwrite", "k", "--prefix")
+    run("role", "grant-permission", "r1", "read", "foo")  # replaces readwrite
     run("role", "get", "r1")
+    run("role", "get", "r1", "-w", "json")
+    run("role", "revoke-permission", "r1", "nothere", rc=1, contains="permission is not granted")
+    run("role", "revoke-permission", "r1", "baz", "qux", contains="revoked")
+    run("role", "grant-permission", "nosuch", "read", "x", rc=1, contains="role name not found")
     run("user", "add", "alice:secret", contains="User alice created")
+    run("user", "add", "alice:again", rc=1, contains="user name already exists")
+    run("user", "add", "bob", "--no-password", contains="User bob created")
     run("user", "grant-role", "alice", "r1")
+    run("user", "grant-role", "alice", "nosuch", rc=1, contains="role name not found")
+    run("user", "grant-role", "nobody", "r1", rc=1, contains="user name not found")
+    run("user", "revoke-role", "alice", "r2", rc=1, contains="role is not granted")
     run("user", "get", "alice")
+    run("user", "get", "nobody", rc=1, contains="user name not found")
+    run("user", "delete", "nobody", rc=1, contains="user name not found")
     run("auth", "enable", rc=1, contains="root user does not exist")
+    run("user", "add", "root:rootpw")
+    run("auth", "enable", contains="Authentication Enabled")  # etcdctl adds and grants the root role
+    run("user", "list", "-w", "json", root)
+    run("role", "list", root)
+    # nobody
+    run("put", "foo", "1", rc=1, contains="user name is empty")
+    run("get", "foo", rc=1, contains="user name is empty")
+    run("member", "list", "-w", "json", extra=[(re.compile(r'"(ID|member_id|cluster_id)":\d+'), r'"\1":<ID>')])
+    # a user with role r1: read foo and bar*, read and write k*
+    run("put", "foo", "1", root, contains="OK")
+    run("get", "foo", alice, contains="1")
+    run("get", "foo", "--user=alice:wrong", rc=2, contains="authentication failed")
+    run("get", "bar1", alice)
+    run("put", "k1", "v", alice, contains="OK")
+    run("get", "k", "--prefix", alice, contains="k1")
+    run("del", "k1", "--prev-kv", alice)
+    run("put", "bar1", "x", alice, rc=1, contains="permission denied")
+    run("put", "foo", "2", alice, rc=1, contains="permission denied")
+    run("del", "foo", alice, rc=1, contains="permission denied")
+    run("get", "", "--prefix", alice, rc=1, contains="permission denied")
+    run("get", "baz", alice, rc=1, contains="permission denied")
+    run("lock", "mylock", alice, rc=1, contains="permission denied")
+    run("watch", "baz", alice, rc=5, contains="watch is canceled by the server")
+    run("member", "add", "x", "--peer-urls=http://127.0.0.1:1", alice, rc=1, contains="permission denied")
+    run("endpoint", "hashkv", alice, rc=1, contains="auth: permission denied")
+    run("defrag", alice, rc=1, contains="auth: permission denied")
+    run("alarm", "list", alice)
+    run("user", "list", alice, rc=1, contains="permission denied")
+    run("user", "get", "alice", alice)
+    run("user", "get", "root", alice, rc=1, contains="permission denied")
+    run("role", "get", "r1", alice)
+    run("role", "get", "root", alice, rc=1, contains="permission denied")
+    run("role", "add", "r9", alice, rc=1, contains="permission denied")
+    run("auth", "disable", alice, rc=1, contains="permission denied")
+    # root: the root user and role cannot be taken away while auth is on
+    run("user", "delete", "root", root, rc=1, contains="invalid auth management")
+    run("role", "delete", "root", root, rc=1, contains="invalid auth management")
+    run("user", "revoke-role", "root", "root", root, rc=1, contains="invalid auth management")
+    run("role", "revoke-permission", "r1", "foo", root)
+    run("get", "foo", alice, rc=1, contains="permission denied")  # takes effect at once
+    run("role", "delete", "r1", root, contains="Role r1 deleted")
+    run("user", "get", "alice", root)  # the role is gone from its users too
+    run("get", "bar1", alice, rc=1, contains="permission denied")
+    run("auth", "disable", root, contains="Authentication Disabled")
+    run("get", "foo", contains="1")
     p.check()
 
 
