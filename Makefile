@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 # sudo: the tests of the SSH path for a non-root login user (sudo -n), as on vagrant VMs; chromium: the reports' headless browser test (tests/test_report_browser.py)
-APT_PKGS := python3-venv etcd-server etcd-client fio openssh-server iptables iproute2 faketime fuse3 curl nghttp2-client sudo chromium
+APT_PKGS := python3-venv etcd-server etcd-client fio openssh-server iptables iproute2 faketime fuse3 fdisk curl nghttp2-client sudo chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(shell find server/proto -name '*.proto')
 STAMP := $(VENV)/.installed

@@ -9,6 +9,7 @@ installers (the embedded cluster's nodes share one filesystem) do it once.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shlex
@@ -50,22 +51,33 @@ def digest(pyver: str) -> str:
 
 
 def wheelhouse(pyver: str) -> str:
-    """Wheels of PACKAGES and their dependencies for CPython pyver ('3.11'), cached."""
+    """Wheels of PACKAGES and their dependencies for CPython pyver ('3.11'), cached.
+
+    Several fault lanes (or processes) may ask at once on a fresh machine: one builds under an
+    exclusive lock while the others wait for it, then find the cache filled."""
     out = os.path.join(CACHE, f"nodetools-{pyver}-{hashlib.sha256('|'.join(PACKAGES).encode()).hexdigest()[:12]}")
     if os.path.isdir(out) and os.listdir(out):
         return out
-    tmp = out + ".tmp"
-    subprocess.run(["rm", "-rf", tmp], check=True)
-    os.makedirs(tmp)
-    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", tmp, *PACKAGES]
-    if pyver != mine:
-        cmd[5:5] = ["--python-version", pyver, "--platform", "manylinux2014_x86_64",
-                    "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise ToolsError(f"downloading {', '.join(PACKAGES)} for the nodes failed: {p.stderr.strip()[-400:]}")
-    os.replace(tmp, out)
+    os.makedirs(CACHE, exist_ok=True)
+    with open(out + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(out) and os.listdir(out):
+            return out
+        tmp = f"{out}.tmp-{os.getpid()}"
+        subprocess.run(["rm", "-rf", tmp], check=True)
+        os.makedirs(tmp)
+        mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", tmp, *PACKAGES]
+        if pyver != mine:
+            cmd[5:5] = ["--python-version", pyver, "--platform", "manylinux2014_x86_64",
+                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            subprocess.run(["rm", "-rf", tmp], check=False)
+            raise ToolsError(f"downloading {', '.join(PACKAGES)} for the nodes failed: {p.stderr.strip()[-400:]}")
+        if os.path.isdir(out):  # an empty leftover
+            os.rmdir(out)
+        os.replace(tmp, out)
     return out
 
 
