@@ -168,6 +168,11 @@ class AuthStore:
         self.roles[r.name.decode()] = r
         self.backend.put(ROLES_BUCKET, bytes(r.name), r.SerializeToString())
 
+    def _set_roles(self, u: User, roles: list[str]) -> None:
+        del u.roles[:]
+        u.roles.extend(roles)
+        self._save_user(u)
+
     def _user(self, name: str) -> User:
         u = self.users.get(name)
         if u is None:
@@ -352,10 +357,7 @@ class AuthStore:
         if q.role != ROOT:
             self._role(q.role)
         if q.role not in u.roles:
-            roles = sorted([*u.roles, q.role])
-            del u.roles[:]
-            u.roles.extend(roles)
-            self._save_user(u)
+            self._set_roles(u, sorted([*u.roles, q.role]))
             self._bump()
         return pb.AuthUserGrantRoleResponse()
 
@@ -365,10 +367,7 @@ class AuthStore:
         u = self._user(q.name)
         if q.role not in u.roles:
             raise ROLE_NOT_GRANTED
-        roles = [x for x in u.roles if x != q.role]
-        del u.roles[:]
-        u.roles.extend(roles)
-        self._save_user(u)
+        self._set_roles(u, [x for x in u.roles if x != q.role])
         self._bump()
         return pb.AuthUserRevokeRoleResponse()
 
@@ -414,10 +413,7 @@ class AuthStore:
         self.backend.delete(ROLES_BUCKET, q.role.encode())
         for u in list(self.users.values()):
             if q.role in u.roles:
-                roles = [x for x in u.roles if x != q.role]
-                del u.roles[:]
-                u.roles.extend(roles)
-                self._save_user(u)
+                self._set_roles(u, [x for x in u.roles if x != q.role])
         self._bump()
         return pb.AuthRoleDeleteResponse()
 

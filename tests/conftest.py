@@ -1,9 +1,11 @@
 """Shared fixtures: real server processes on free loopback ports, cleaned up however a test ends."""
 from __future__ import annotations
 
+from typing import Callable, Iterator, Sequence
+
 import pytest
 
-from harness.localproc import LocalMember, have_etcd
+from harness.localproc import LocalCluster, LocalMember, have_etcd
 
 _started: list[LocalMember] = []
 
@@ -40,6 +42,31 @@ def ref_server(member_factory) -> LocalMember:
 @pytest.fixture
 def etcd_server(member_factory) -> LocalMember:
     return member_factory("etcd")
+
+
+@pytest.fixture
+def cluster_factory(tmp_path) -> Iterator[Callable[..., LocalCluster]]:
+    """make(kind, size=3, extra=()) -> a started LocalCluster; every process stopped afterwards.
+
+    Teardown SIGKILLs every member ever started (members added later included), also when the
+    test or the cluster's start failed: the quickest sure stop, paused processes included;
+    clean stops are tested where they matter."""
+    made: list[LocalCluster] = []
+
+    def make(kind: str, size: int = 3, extra: Sequence[str] = ()) -> LocalCluster:
+        if kind == "etcd" and not have_etcd():
+            pytest.skip("real etcd not installed (Debian package etcd-server); `make test` installs it")
+        c = LocalCluster(kind, str(tmp_path / f"{kind}-{len(made)}"), size, extra=list(extra))
+        made.append(c)
+        return c.start()
+
+    yield make
+    for c in made:
+        for m in c.members:
+            try:
+                m.kill()
+            except Exception:  # noqa: BLE001 - go on stopping the rest
+                pass
 
 
 @pytest.fixture(params=["reference", "etcd"])

@@ -21,12 +21,12 @@ import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import grpc
 import pytest
 
-from harness.localproc import ETCDCTL_BIN, LocalCluster, LocalMember, have_etcd
+from harness.localproc import ETCDCTL_BIN, LocalCluster, LocalMember
 from server.proto.etcdserverpb import rpc_pb2 as pb
 from server.proto.etcdserverpb import rpc_pb2_grpc as rpcgrpc
 
@@ -43,30 +43,7 @@ _RECONFIG_NOT_YET = (
 )
 
 
-# ------------------------------------------------------------------ fixture
-@pytest.fixture
-def cluster_factory(tmp_path) -> Iterator[Callable[..., LocalCluster]]:
-    """make(kind, size=3, extra=()) -> a started LocalCluster; every process stopped afterwards.
-
-    Teardown SIGKILLs every member ever started (members added later included), also when the
-    test or the cluster's start failed: the quickest sure stop, paused processes included;
-    clean stops are tested where they matter."""
-    made: list[LocalCluster] = []
-
-    def make(kind: str, size: int = 3, extra: Sequence[str] = ()) -> LocalCluster:
-        if kind == "etcd" and not have_etcd():
-            pytest.skip("real etcd not installed (Debian package etcd-server); `make test` installs it")
-        c = LocalCluster(kind, str(tmp_path / f"{kind}-{len(made)}"), size, extra=list(extra))
-        made.append(c)
-        return c.start()
-
-    yield make
-    for c in made:
-        for m in c.members:
-            try:
-                m.kill()
-            except Exception:  # noqa: BLE001 - go on stopping the rest
-                pass
+# cluster_factory: tests/conftest.py
 
 
 # ------------------------------------------------------------------ helpers
