@@ -83,6 +83,15 @@ def classify(e: grpc.aio.AioRpcError, read_only: bool) -> ClientError:
     return Indefinite(msg, code.name)
 
 
+def auth_refusal(e: grpc.RpcError) -> bool:
+    """A read refused for want of a user or a permission. Health checks take it as healthy, as
+    `etcdctl endpoint health` does: etcd and the reference server check a read's permissions
+    after its ReadIndex round, so the member answered through raft."""
+    code = e.code()
+    return code == grpc.StatusCode.PERMISSION_DENIED or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (e.details() or ""))
+
+
 def encode(v: int) -> bytes:
     return str(v).encode()
 
@@ -102,12 +111,32 @@ class ReadResult:
     mod_revision: int = 0
 
 
-class EtcdClient:
-    """One connection to one member. Methods raise Definite or Indefinite on failure."""
+@dataclass(frozen=True)
+class Credentials:
+    """A user to authenticate as (etcd's simple-token auth), as etcdctl --user does."""
 
-    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+    user: str
+    password: str
+
+
+# answers after which a token is worth fetching again: a restarted member forgot it (tokens live
+# in memory), or the auth store changed since it was checked; the op itself did not happen
+_STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "user name is empty")
+
+
+class EtcdClient:
+    """One connection to one member. Methods raise Definite or Indefinite on failure.
+
+    With credentials, the client authenticates before its first request and sends the token with
+    every request; a request refused for its token fails (definitely) and the next one
+    authenticates again, as etcd's clients do (they retry the request itself; ours never retry
+    behind the history's back)."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0, credentials: Credentials | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.credentials = credentials
+        self._token: str | None = None
         self._ch = grpc.aio.insecure_channel(
             endpoint,
             options=[("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
@@ -119,15 +148,38 @@ class EtcdClient:
         self.lease = pbg.LeaseStub(self._ch)
         self.watcher = pbg.WatchStub(self._ch)
         self.locker = lockg.LockStub(self._ch)
+        self.auth = pbg.AuthStub(self._ch)
 
     async def close(self) -> None:
         await self._ch.close()
 
+    async def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The token's metadata, authenticating first when there is none (a failure to
+        authenticate is definite: the request itself was never sent)."""
+        if self.credentials is None:
+            return None
+        if self._token is None:
+            c = self.credentials
+            try:
+                r = await self.auth.Authenticate(pb.AuthenticateRequest(name=c.user, password=c.password),
+                                                 timeout=self.timeout, wait_for_ready=False)
+            except grpc.aio.AioRpcError as e:
+                raise Definite(f"authenticating as {c.user}: {e.details() or e.code().name}", e.code().name) from None
+            self._token = r.token
+        return (("token", self._token),)
+
+    def _failed(self, e: grpc.aio.AioRpcError, read_only: bool) -> ClientError:
+        err = classify(e, read_only)
+        if self.credentials is not None and any(s in err.message for s in _STALE_TOKEN):
+            self._token = None
+        return err
+
     async def _call(self, fn, req, read_only: bool, timeout: float | None = None):
+        md = await self._metadata()
         try:
-            return await fn(req, timeout=timeout or self.timeout, wait_for_ready=False)
+            return await fn(req, timeout=timeout or self.timeout, wait_for_ready=False, metadata=md)
         except grpc.aio.AioRpcError as e:
-            raise classify(e, read_only) from None
+            raise self._failed(e, read_only) from None
 
     # ------------------------------------------------------------- raw requests
     async def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
@@ -159,13 +211,13 @@ class EtcdClient:
 
     async def lease_keepalive_once(self, lease: int) -> int:
         """One keep-alive on a stream of its own; returns the new TTL (0 or less: the lease is gone)."""
-        call = self.lease.LeaseKeepAlive(timeout=self.timeout)
+        call = self.lease.LeaseKeepAlive(timeout=self.timeout, metadata=await self._metadata())
         try:
             await call.write(pb.LeaseKeepAliveRequest(ID=lease))
             r = await call.read()
             await call.done_writing()
         except grpc.aio.AioRpcError as e:
-            raise classify(e, True) from None
+            raise self._failed(e, True) from None
         finally:
             call.cancel()
         if r is grpc.aio.EOF:
@@ -187,7 +239,7 @@ class EtcdClient:
         iteration with Definite/Indefinite like any call (a watch has no effect to be unsure of,
         so the caller only learns that the stream is gone).
         """
-        call = self.watcher.Watch()
+        call = self.watcher.Watch(metadata=await self._metadata())
         await call.write(pb.WatchRequest(create_request=create))
 
         async def ask_progress() -> None:
@@ -203,7 +255,7 @@ class EtcdClient:
                     return
                 yield r
         except grpc.aio.AioRpcError as e:
-            raise classify(e, True) from None
+            raise self._failed(e, True) from None
         finally:
             if pinger is not None:
                 pinger.cancel()

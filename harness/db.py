@@ -23,6 +23,7 @@ from typing import Callable
 
 import grpc
 
+from harness.client import auth_refusal
 from harness.inventory import Node
 from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
@@ -168,7 +169,11 @@ class DB:
                 st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=timeout)
                 if st.leader == 0:
                     return False
-                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"etcdproof/health"), timeout=timeout)
+                try:
+                    rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"etcdproof/health"), timeout=timeout)
+                except grpc.RpcError as e:
+                    if not auth_refusal(e):  # --auth: refused after its ReadIndex round is served
+                        raise
                 return True
         except grpc.RpcError:
             return False

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from harness.client import auth_refusal
 from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 ETCD_BIN = os.environ.get("ETCDPROOF_ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
@@ -71,14 +72,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.append(port)
         return port
     raise RuntimeError(f"no free port on {host} in {_PORT_FLOOR}..{top}")
-
-
-def _auth_refusal(e: grpc.RpcError) -> bool:
-    """A read refused for want of a user or a permission (as `etcdctl endpoint health` takes it:
-    the member answered after its read went through raft)."""
-    code = e.code()
-    return code == grpc.StatusCode.PERMISSION_DENIED or (
-        code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (e.details() or ""))
 
 
 def have_etcd() -> bool:
@@ -168,7 +161,7 @@ class LocalMember:
                     rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
                 return
             except grpc.RpcError as e:
-                if _auth_refusal(e):  # auth is on: the read got through raft and was refused
+                if auth_refusal(e):  # auth is on: the read got through raft and was refused
                     return
                 last = e
                 time.sleep(0.1)

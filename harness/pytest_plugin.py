@@ -42,7 +42,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_kind" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--db")
         kinds = list(TARGETS) if chosen == "both" else [chosen]
-        metafunc.parametrize("db_kind", kinds)
+        # @pytest.mark.slow_db("etcd"): that target's run joins the slow set, to keep `make
+        # test` short where the other target's run already covers the harness path
+        slow = {k for m in metafunc.definition.iter_markers("slow_db") for k in m.args}
+        metafunc.parametrize("db_kind", [pytest.param(k, marks=pytest.mark.slow) if k in slow else k for k in kinds])
 
 
 def _args(config: pytest.Config) -> argparse.Namespace:

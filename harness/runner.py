@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from checker.history import FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, load_history
-from harness import store
+from harness import authsetup, store
 from harness.client import ClientError, EtcdClient
 from harness.db import DB, DBError
 from harness.generator import OpTemplate
@@ -58,6 +58,7 @@ class TestSpec:
     nemesis_concurrent: int = 1  # fault classes active at once (nemesis/schedule.py)
     op_timeout: float = 5.0
     recovery_timeout: float = 60.0
+    auth: bool = False  # harness/authsetup.py: auth on, workers as an ordinary user
     name: str = ""
 
     def test_name(self) -> str:
@@ -179,7 +180,8 @@ class Runner:
         self.concurrency = spec.concurrency or 2 * len(nodes)
         self.rng = random.Random(spec.seed)
         self.ctx = NemesisContext(nodes, remotes, db, random.Random(spec.seed ^ 0xFA17), can_partition,
-                                  why_not_partition, control_ip)
+                                  why_not_partition, control_ip,
+                                  credentials=authsetup.ROOT if spec.auth else None)
         self.progress = Progress()
         self.on_progress = on_progress
         self._t0 = time.monotonic_ns()
@@ -198,6 +200,11 @@ class Runner:
         return self.history.write(op)
 
     # ------------------------------------------------------------------ workers
+    def client(self, endpoint: str) -> EtcdClient:
+        """A worker's connection (as the --auth user when auth is on)."""
+        return EtcdClient(endpoint, timeout=self.spec.op_timeout,
+                          credentials=authsetup.USER if self.spec.auth else None)
+
     def endpoint(self, worker: int) -> tuple[Node, str]:
         n = self.nodes[worker % len(self.nodes)]
         return n, self.db.client_endpoint(n)
@@ -227,7 +234,7 @@ class Runner:
         source = self.workload.op_source(self.spec.seed, w)
         rng = random.Random(self.spec.seed * 7_919 + w)
         process = w
-        client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+        client = self.client(endpoint)
         # each worker waits about concurrency / rate between ops (exponential, as Jepsen's stagger)
         mean_gap = self.concurrency / self.spec.rate if self.spec.rate > 0 else 0.0
         try:
@@ -242,7 +249,7 @@ class Runner:
                 if op.type == INFO:
                     process += self.concurrency
                     await client.close()
-                    client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+                    client = self.client(endpoint)
         finally:
             await client.close()
 
@@ -264,7 +271,7 @@ class Runner:
 
         async def drain(i: int, q: list[OpTemplate]) -> None:
             node, endpoint = self.endpoint(i)
-            client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+            client = self.client(endpoint)
             process = base + i
             try:
                 for t in q:
@@ -276,7 +283,7 @@ class Runner:
                         if op.type == INFO:
                             process += len(self.nodes)
                             await client.close()
-                            client = EtcdClient(endpoint, timeout=self.spec.op_timeout)
+                            client = self.client(endpoint)
                         if op.type == OK or attempt == FINAL_ATTEMPTS - 1 or loop.time() >= deadline:
                             break
                         await asyncio.sleep(FINAL_RETRY_GAP * (attempt + 1))
@@ -321,7 +328,9 @@ class Runner:
             for nem in self.nemeses:
                 await asyncio.to_thread(nem.setup, self.ctx)
             await self.schedule.heal_all()  # leftovers of an earlier run that died before healing
-            client = EtcdClient(self.endpoint(0)[1], timeout=self.spec.op_timeout)
+            if self.spec.auth:
+                await authsetup.enable(self.endpoint(0)[1], self.spec.op_timeout)
+            client = self.client(self.endpoint(0)[1])
             try:
                 await self.workload.setup(client)
             finally:

@@ -48,6 +48,9 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="ops/s over all workers (0: unlimited)")
     p.add_argument("--seed", type=int, help="seed of the op and fault schedule (default: random, recorded)")
     p.add_argument("--op-timeout", type=float, default=5.0, help="seconds before an op is given up as info")
+    p.add_argument("--auth", action="store_true",
+                   help="turn authentication on after setup; workers run as an ordinary user with read-write "
+                        "permission on every key, faults' admin requests as root")
     p.add_argument("--etcd-bin", default="/usr/bin/etcd", help="etcd binary on the nodes (--db etcd)")
     p.add_argument("--client-port", type=int, default=2379)
     p.add_argument("--peer-port", type=int, default=2380)
@@ -96,7 +99,7 @@ def run_one(args: argparse.Namespace, workload_name: str) -> Outcome:
     spec = TestSpec(workload=workload_name, db=args.db, nemesis=nemeses.parse(args.nemesis), nodes=args.nodes,
                     time_limit=args.time_limit, concurrency=args.concurrency, rate=args.rate, seed=args.seed,
                     nemesis_interval=args.nemesis_interval, nemesis_concurrent=args.nemesis_concurrent,
-                    op_timeout=args.op_timeout, name=args.name)
+                    op_timeout=args.op_timeout, auth=args.auth, name=args.name)
     workload = workloads.build(workload_name)
     inv = resolve(args)
     base_dir = args.base_dir

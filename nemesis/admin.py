@@ -42,14 +42,14 @@ class AdminNemesis:
         for n in self._running(ctx):
             ep = ctx.db.client_endpoint(n)
             try:
-                st = _call(ep, lambda c: c.status())
+                st = _call(ep, lambda c: c.status(), credentials=ctx.credentials)
                 rev = st.header.revision
                 keep = min(ctx.rng.choice((0, 10, 100)), rev // 2) if margin is None else margin
                 target = rev - keep
                 if target <= max(1, self.compacted):
                     raise FaultRefused(f"revision {rev} leaves nothing new to compact (last compacted {self.compacted})")
                 phys = ctx.rng.random() < 0.5 if physical is None else physical
-                got = _call(ep, lambda c: c.compact(target, physical=phys), timeout=30)
+                got = _call(ep, lambda c: c.compact(target, physical=phys), timeout=30, credentials=ctx.credentials)
                 self.compacted = target
                 return {"node": n.name, "revision": rev, "compacted_to": target, "physical": phys, "response_revision": got}
             except ClientError as e:
@@ -61,11 +61,11 @@ class AdminNemesis:
         for n in nodes:
             ep = ctx.db.client_endpoint(n)
             try:
-                before = _call(ep, lambda c: c.status()).dbSize
+                before = _call(ep, lambda c: c.status(), credentials=ctx.credentials).dbSize
                 t0 = time.monotonic()
-                _call(ep, lambda c: c.defragment(timeout=60), timeout=60)
+                _call(ep, lambda c: c.defragment(timeout=60), timeout=60, credentials=ctx.credentials)
                 busy = time.monotonic() - t0
-                after = _call(ep, lambda c: c.status()).dbSize
+                after = _call(ep, lambda c: c.status(), credentials=ctx.credentials).dbSize
                 out[n.name] = {"db_size_before": before, "db_size_after": after, "seconds": round(busy, 3)}
             except ClientError as e:
                 out[n.name] = {"error": e.message}

@@ -45,6 +45,7 @@ class NemesisContext:
     why_not_partition: str = ""
     control_ip: str | None = None  # the harness's own address as the nodes see it; never cut off
     extra: dict[str, Any] = field(default_factory=dict)  # state fault classes share (e.g. "removed" members)
+    credentials: Any = None  # harness.client.Credentials of root when the test runs with --auth
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)

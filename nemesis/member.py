@@ -18,7 +18,7 @@ import asyncio
 import time
 from typing import Awaitable, Callable, TypeVar
 
-from harness.client import ClientError, EtcdClient
+from harness.client import ClientError, Credentials, EtcdClient
 from harness.inventory import Node
 from nemesis.base import FaultRefused, NemesisContext, agreed_leader
 
@@ -42,11 +42,13 @@ class MemberRefused(MemberError):
     """Every member asked refused the change definitely (REFUSALS), and it did not happen."""
 
 
-def _call(endpoint: str, fn: Callable[[EtcdClient], Awaitable[T]], timeout: float = 10.0) -> T:
-    """One client call from a nemesis thread (a short-lived connection of its own)."""
+def _call(endpoint: str, fn: Callable[[EtcdClient], Awaitable[T]], timeout: float = 10.0,
+          credentials: Credentials | None = None) -> T:
+    """One client call from a nemesis thread (a short-lived connection of its own); as root
+    when the test runs with --auth."""
 
     async def go() -> T:
-        c = EtcdClient(endpoint, timeout=timeout)
+        c = EtcdClient(endpoint, timeout=timeout, credentials=credentials)
         try:
             return await fn(c)
         finally:
@@ -96,7 +98,7 @@ class MemberNemesis:
             if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is None:
                 continue
             try:
-                return n, _call(ctx.db.client_endpoint(n), fn)
+                return n, _call(ctx.db.client_endpoint(n), fn, credentials=ctx.credentials)
             except ClientError as e:
                 errors.append(f"{n.name}: {e.message}")
         raise MemberError("no member answered: " + ("; ".join(errors) or "none running"))

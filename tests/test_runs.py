@@ -52,3 +52,24 @@ def test_register_under_partitions_and_kills_is_linearizable(run_etcdproof, db_k
     assert (o.run_dir / store.REPORT).stat().st_size > 10_000
     for n in test["nodes"]:
         assert (o.run_dir / "nodes" / n["name"] / "server.log").exists()
+
+
+@pytest.mark.slow_db("etcd")  # the client's auth path against etcd: tests/test_auth.py, on loopback
+def test_register_with_auth_under_kills_is_linearizable(run_etcdproof, db_kind) -> None:
+    """--auth: workers authenticate as an ordinary user with read-write permission on every key,
+    the kill fault's restarts make members forget tokens; ops refused for a stale token fail
+    (definitely: they never took effect) and the next op authenticates again."""
+    o = run_etcdproof("register", db=db_kind, nemesis=["kill"], time_limit=15, nemesis_interval=4, rate=120,
+                      auth=True)
+    lin = o.results["checkers"]["linearizable"]
+    assert lin["valid"] is True, lin
+    assert o.valid is True, o.results
+    history = load_history(str(o.run_dir / store.HISTORY))
+    oks = [op for op in history if op.process != NEMESIS and op.type == OK]
+    assert len(oks) > 200, f"only {len(oks)} ops succeeded"
+    assert applied(history, "kill"), nemesis_story(history)
+    auth_errors = [op for op in history if op.error and ("auth" in op.error or "user name" in op.error)]
+    assert all(op.type == "fail" for op in auth_errors), [(op.type, op.error) for op in auth_errors]
+    assert not [op for op in auth_errors if "permission denied" in op.error or "user name is empty" in op.error]
+    test = json.loads((o.run_dir / store.TEST_JSON).read_text())
+    assert test["spec"]["auth"] is True

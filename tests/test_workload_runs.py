@@ -49,6 +49,7 @@ def run(run_etcdproof, workload: str, db: str, nemesis: list[str], limit: float,
 
 
 # ------------------------------------------------------------------ lock
+@pytest.mark.slow_db("etcd")  # etcd's lock path runs in the default suite under faults, below
 def test_lock_without_faults(run_etcdproof, db_kind) -> None:
     o = run(run_etcdproof, "lock", db_kind, [], 5)
     assert verdicts(o) == {"mutex": True, "fenced-counter": True, "converged": True, "stats": True}, o.results
@@ -88,6 +89,7 @@ def test_bank_stm_levels_under_kills_and_partitions(run_etcdproof, db_kind, etcd
 
 
 # ------------------------------------------------------------------ watch
+@pytest.mark.slow_db("etcd")  # etcd's watch path runs in the default suite under faults, below
 def test_watch_without_faults(run_etcdproof, db_kind) -> None:
     o = run(run_etcdproof, "watch", db_kind, [], 5)
     assert o.valid is True, o.results
