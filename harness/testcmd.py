@@ -39,7 +39,7 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workload", default="register", help="workload(s), comma-separated: register")
     p.add_argument("--db", default="reference", choices=["reference", "etcd"], help="the target")
     p.add_argument("--nemesis", default="none", help="faults, comma-separated: partition, kill, pause, clock, disk, "
-                   "net, lost-writes, member, admin; all; none")
+                   "net, lost-writes, member, admin, auth (needs --auth); all (every class but auth); none")
     p.add_argument("--nemesis-interval", type=float, default=10.0, help="seconds between fault start and stop")
     p.add_argument("--nemesis-concurrent", type=int, default=1,
                    help="fault classes active at once (staggered lanes; default 1)")

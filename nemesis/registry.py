@@ -1,4 +1,5 @@
-"""Fault classes by name, as `--nemesis` spells them (`all` is every class, in this order)."""
+"""Fault classes by name, as `--nemesis` spells them (`all` is every class, in this order, but
+those that need an option of the test: `auth` needs --auth, so it is named, as in `all,auth`)."""
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,9 @@ CLASSES: dict[str, str] = {
     "lost-writes": "nemesis.lostwrites:LostWritesNemesis",
     "member": "nemesis.member:MemberNemesis",
     "admin": "nemesis.admin:AdminNemesis",
+    "auth": "nemesis.authchurn:AuthNemesis",
 }
+NOT_IN_ALL = {"auth"}
 
 
 def _factory(path: str) -> Callable[[], Nemesis]:
@@ -43,7 +46,7 @@ def parse(spec: str | list[str] | None) -> list[str]:
         if n == "none":
             continue
         if n == "all":
-            out.extend(k for k in FACTORIES if k not in out)
+            out.extend(k for k in FACTORIES if k not in out and k not in NOT_IN_ALL)
             continue
         if n not in FACTORIES:
             raise NemesisSpecError(f"unknown nemesis {n!r}: choose from {', '.join(FACTORIES)}, all or none")

@@ -31,7 +31,7 @@ Record = Callable[[Op], Op]  # writes an op to the history (assigns index and ti
 
 # the final heal goes from the network outwards: traffic flows, processes run and clocks are right
 # before crashed servers restart, and members come back last (they need a quorum to be re-added)
-HEAL_ORDER = ("partition", "net", "pause", "disk", "clock", "lost-writes", "kill", "member", "admin")
+HEAL_ORDER = ("partition", "net", "pause", "disk", "clock", "lost-writes", "kill", "member", "admin", "auth")
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:

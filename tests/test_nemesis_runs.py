@@ -63,3 +63,24 @@ def test_register_under_all_faults_three_at_a_time(request, db_kind, etcdproof_i
     if db_kind == "etcd" and "clock" in ops:
         assert ops["clock"]["refused"] == [f"refused: {GO_REFUSAL}"]  # once: it is permanent
         assert not ops["clock"]["applied"]
+
+
+@pytest.mark.slow_db("etcd")
+def test_register_with_auth_changes_and_kills(request, db_kind, etcdproof_inventory, tmp_path) -> None:
+    """--auth with the auth fault: roles churned and the workload's permission revoked for a
+    moment while members are killed. Writes refused for the permission or a stale auth
+    revision fail definitely, and no member applied one anyway: the history stays linearizable
+    (a read of a refused write would break it) and the members converge."""
+    classes = ["auth", "kill"]
+    o, db = run_isolated(request, etcdproof_inventory, tmp_path, "register", db=db_kind, nemesis=classes,
+                         time_limit=18, nemesis_interval=2, nemesis_concurrent=2, rate=150, nodes=3, auth=True)
+    ops = check_run(o, etcdproof_inventory, db, classes, session_ports(request.config)[1])
+    assert ops["auth"]["applied"] and ops["kill"]["applied"], ops
+    history = load_history(str(o.run_dir / store.HISTORY))
+    refused = [op for op in history if op.process != NEMESIS and op.error
+               and ("permission denied" in op.error or "revision of auth store is old" in op.error)]
+    assert all(op.type == FAIL for op in refused), [(op.type, op.error) for op in refused]
+    if any(ev["op"] == "revoke" for ev in ops["auth"]["applied"]):
+        assert any("permission denied" in op.error for op in refused), ops["auth"]["applied"]
+    for ev in ops["auth"]["applied"]:
+        assert len(ev["changes"]) == 3 and ev["asked"] in ev["nodes"], ev
