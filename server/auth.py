@@ -91,13 +91,18 @@ def hash_password(password: str) -> str:
 
 
 def password_matches(stored: bytes, password: str) -> bool:
+    """Whether password hashes to stored. A hash this server did not make (a client may send its
+    own in hashedPassword, as etcd 3.5 allows for bcrypt) matches nothing, and one asking for
+    absurd work is refused rather than run."""
     try:
-        scheme, rounds, salt, digest = stored.decode().split("$")
+        scheme, rounds_text, salt, digest = stored.decode().split("$")
+        rounds = int(rounds_text)
+        salt_bytes = bytes.fromhex(salt)
     except (UnicodeDecodeError, ValueError):
         return False
-    if scheme != "pbkdf2-sha256":
+    if scheme != "pbkdf2-sha256" or not 0 < rounds <= 10 * PBKDF2_ROUNDS:
         return False
-    got = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), int(rounds))
+    got = hashlib.pbkdf2_hmac("sha256", password.encode(), salt_bytes, rounds)
     return hmac.compare_digest(got.hex(), digest)
 
 

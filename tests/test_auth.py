@@ -199,6 +199,14 @@ def test_tokens_expire_unused_and_die_with_their_user(applier) -> None:
         a.auth.info(t2)
 
 
+def test_password_hashes_from_elsewhere_match_nothing() -> None:
+    good = auth.hash_password("pw")
+    assert auth.password_matches(good.encode(), "pw") and not auth.password_matches(good.encode(), "pW")
+    for stored in (b"", b"$2a$10$abcdefghijklmnopqrstuv", "pbkdf2-sha256$x$00$00".encode(),
+                   f"pbkdf2-sha256${10**12}$00$00".encode(), b"pbkdf2-sha256$1$zz$00", b"\xff\xfe"):
+        assert not auth.password_matches(stored, "pw"), stored
+
+
 # ---------------------------------------------------------------- a real cluster
 def _ctl(m, *args: str) -> subprocess.CompletedProcess:
     cp = m.etcdctl(*args)
