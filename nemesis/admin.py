@@ -34,12 +34,9 @@ class AdminNemesis:
     def setup(self, ctx: NemesisContext) -> None:
         self.compacted = 0
 
-    def _running(self, ctx: NemesisContext) -> list[Node]:
-        return [n for n in ctx.members() if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None]
-
     def compact(self, ctx: NemesisContext, margin: int | None = None, physical: bool | None = None) -> dict:
         errors = []
-        for n in self._running(ctx):
+        for n in ctx.running_members():
             ep = ctx.db.client_endpoint(n)
             try:
                 st = _call(ep, lambda c: c.status(), credentials=ctx.credentials)
@@ -74,7 +71,7 @@ class AdminNemesis:
         return out
 
     def start(self, ctx: NemesisContext) -> dict:
-        running = self._running(ctx)
+        running = ctx.running_members()
         if not running:
             raise FaultRefused("no member running")
         op = ctx.rng.choice(self.ops)

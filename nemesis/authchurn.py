@@ -43,13 +43,10 @@ class AuthNemesis:
     def setup(self, ctx: NemesisContext) -> None:
         self.count = 0
 
-    def _running(self, ctx: NemesisContext) -> list:
-        return [n for n in ctx.members() if ctx.remotes[n.name].daemon_pid(ctx.db.pid_file(n)) is not None]
-
     def start(self, ctx: NemesisContext) -> dict:
         if ctx.credentials is None:
             raise FaultRefused("needs --auth: without users and permissions there is no auth state to change")
-        running = self._running(ctx)
+        running = ctx.running_members()
         if not running:
             raise FaultRefused("no member running")
         n = ctx.rng.choice(running)
@@ -91,7 +88,7 @@ class AuthNemesis:
         if ctx.credentials is None:
             return {"nodes": [], "note": "no --auth: nothing to heal"}
         errors = []
-        for n in self._running(ctx):
+        for n in ctx.running_members():
             try:
                 _call(ctx.db.client_endpoint(n), lambda c: c.auth_request(
                     "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(name=authsetup.ROLE, perm=EVERYTHING)),

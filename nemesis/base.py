@@ -59,6 +59,10 @@ class NemesisContext:
         gone = self.removed()
         return [n for n in self.nodes if n.name not in gone]
 
+    def running_members(self) -> list[Node]:
+        """The members whose server process is up (by its pidfile on the node)."""
+        return [n for n in self.members() if self.remotes[n.name].daemon_pid(self.db.pid_file(n)) is not None]
+
     def node_lock(self, name: str) -> threading.RLock:
         """Held around a decision about a node's server and the act on it (start it if down and
         still a member; remove, kill and wipe it; add it back and start it), so that concurrent
