@@ -20,6 +20,7 @@ permission back in case a start was cut short. Without --auth the fault is refus
 from __future__ import annotations
 
 import asyncio
+import time
 
 from harness import authsetup
 from harness.client import ClientError, EtcdClient
@@ -29,6 +30,7 @@ from server.proto.authpb import auth_pb2
 from server.proto.etcdserverpb import rpc_pb2 as pb
 
 OPS = ("churn", "revoke")
+HEAL_PATIENCE = 20.0  # seconds the heal asks again while members restart or elect
 EVERYTHING = auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=b"\x00", range_end=b"\x00")
 
 
@@ -87,15 +89,22 @@ class AuthNemesis:
         """Give the workload its permission back (granting it again is harmless)."""
         if ctx.credentials is None:
             return {"nodes": [], "note": "no --auth: nothing to heal"}
-        errors = []
-        for n in ctx.running_members():
-            try:
-                _call(ctx.db.client_endpoint(n), lambda c: c.auth_request(
-                    "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(name=authsetup.ROLE, perm=EVERYTHING)),
-                    timeout=10, credentials=ctx.credentials)
-                return {"nodes": [n.name], "granted": f"{authsetup.ROLE} readwrite (every key)"}
-            except ClientError as e:
-                if "role name not found" in e.message:  # before --auth set up its users: nothing revoked
-                    return {"nodes": [n.name], "note": f"no role {authsetup.ROLE} yet: nothing to give back"}
-                errors.append(f"{n.name}: {e.message}")
-        raise RuntimeError("could not give the workload its permission back: " + ("; ".join(errors) or "no member running"))
+        # the final heal runs right after the kill fault's, which restarts servers: one may have its
+        # pidfile but not its port yet, and a new leader may not be elected, so ask again for a while
+        deadline = time.monotonic() + HEAL_PATIENCE
+        while True:
+            errors = []
+            for n in ctx.running_members():
+                try:
+                    _call(ctx.db.client_endpoint(n), lambda c: c.auth_request(
+                        "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(name=authsetup.ROLE, perm=EVERYTHING)),
+                        timeout=10, credentials=ctx.credentials)
+                    return {"nodes": [n.name], "granted": f"{authsetup.ROLE} readwrite (every key)"}
+                except ClientError as e:
+                    if "role name not found" in e.message:  # before --auth set up its users: nothing revoked
+                        return {"nodes": [n.name], "note": f"no role {authsetup.ROLE} yet: nothing to give back"}
+                    errors.append(f"{n.name}: {e.message}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError("could not give the workload its permission back: "
+                                   + ("; ".join(errors) or "no member running"))
+            time.sleep(0.5)

@@ -138,7 +138,10 @@ class MemberNemesis:
 
     def remove(self, ctx: NemesisContext, n: Node) -> dict:
         """MemberRemove n through another member, then stop and wipe it."""
-        mid, before = self.member_id(ctx, n)
+        try:
+            mid, before = self.member_id(ctx, n)
+        except MemberError as e:  # only a listing was asked: nothing changed, so this is a refusal
+            raise MemberRefused(f"could not list the members to remove {n.name}: {e}") from None
         if mid is None:
             raise MemberError(f"{n.name} is not a member ({', '.join(before)})")
         try:
