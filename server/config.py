@@ -104,6 +104,7 @@ class Config:
     initial_cluster_token: str = "etcd-cluster"
     listen_metrics_urls: list[URL] = field(default_factory=list)
     snapshot_count: int = 100_000
+    snapshot_catchup_entries: int = 5000  # entries kept after a snapshot for slow followers
     heartbeat_ms: int = 100
     election_ms: int = 1000
     quota_backend_bytes: int = DEFAULT_QUOTA
@@ -151,6 +152,8 @@ FLAGS: list[tuple[str, str, str, str]] = [
     ("--initial-cluster-token", "initial_cluster_token", "etcd-cluster", "cluster token, mixed into member and cluster IDs"),
     ("--listen-metrics-urls", "listen_metrics_urls", "", "extra URLs serving /metrics and /health"),
     ("--snapshot-count", "snapshot_count", "100000", "applied entries between snapshots"),
+    ("--experimental-snapshot-catchup-entries", "snapshot_catchup_entries", "5000",
+     "entries kept after a snapshot so that slow followers catch up from the log (etcd 3.5's flag)"),
     ("--heartbeat-interval", "heartbeat_ms", "100", "heartbeat interval in ms"),
     ("--election-timeout", "election_ms", "1000", "election timeout in ms"),
     ("--quota-backend-bytes", "quota_backend_bytes", "0", "backend size limit that raises the NOSPACE alarm (0 = 2 GiB)"),
@@ -254,6 +257,7 @@ def _build(raw: dict[str, str], explicit: set[str]) -> Config:
     c.initial_cluster_token = raw["initial_cluster_token"]
     c.listen_metrics_urls = parse_urls(raw["listen_metrics_urls"], "--listen-metrics-urls")
     c.snapshot_count = _int(raw, "snapshot_count", "--snapshot-count", 1)
+    c.snapshot_catchup_entries = _int(raw, "snapshot_catchup_entries", "--experimental-snapshot-catchup-entries", 1)
     c.heartbeat_ms = _int(raw, "heartbeat_ms", "--heartbeat-interval", 1)
     c.election_ms = _int(raw, "election_ms", "--election-timeout", 1)
     if c.election_ms < 5 * c.heartbeat_ms:

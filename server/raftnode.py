@@ -33,7 +33,6 @@ log = logging.getLogger("etcdproof.raft")
 
 ConfChange = raft_pb2.ConfChange
 HardState = raft_pb2.HardState
-SNAPSHOT_CATCHUP_ENTRIES = 5000  # entries kept after a snapshot for slow followers (etcd's figure)
 _EARLY = (MsgType.APP, MsgType.HEARTBEAT)  # a leader's, with other voters: before its own write
 _FORWARDS = (MsgType.PROP, MsgType.READ_INDEX)  # requests relayed to the leader: promise nothing
 READ_BATCH_WINDOW = 0.005
@@ -437,7 +436,7 @@ class RaftNode:
             snap = WalSnapshot(index=index, term=term, conf_state=conf_to_pb(conf))
             await asyncio.get_running_loop().run_in_executor(self._wal_io, self.wal.save_snapshot, snap)
             self._last_snap_index = index
-            keep_from = index - SNAPSHOT_CATCHUP_ENTRIES
+            keep_from = index - self.srv.cfg.snapshot_catchup_entries
             if keep_from > self.raft.log.snap.index:
                 self.raft.compact(keep_from, self.conf_at(keep_from))
             log.info("snapshot at index %d (term %d); log kept from %d", index, term, self.raft.log.first_index())
