@@ -53,7 +53,7 @@ def check_run(o, inv, db, classes: list[str], peer_port: int) -> dict:
 
 def test_register_under_all_faults_three_at_a_time(request, db_kind, etcdproof_inventory, tmp_path) -> None:
     classes = registry.parse("all")
-    o, db = run_isolated(request, etcdproof_inventory, tmp_path, "register", db=db_kind, nemesis=classes, time_limit=40,
+    o, db = run_isolated(request, etcdproof_inventory, tmp_path, "register", db=db_kind, nemesis=classes, time_limit=32,
                          nemesis_interval=3, nemesis_concurrent=3, rate=100, nodes=3)
     ops = check_run(o, etcdproof_inventory, db, classes, session_ports(request.config)[1])
     assert set(ops) >= {"partition", "kill", "pause"} and len(ops) >= 6, sorted(ops)

@@ -25,7 +25,7 @@ def applied(history, fault: str) -> list:
 
 def test_register_under_partitions_and_kills_is_linearizable(run_etcdproof, db_kind, etcdproof_inventory) -> None:
     nemesis = ["partition", "kill"] if etcdproof_inventory.can_partition else ["kill"]
-    o = run_etcdproof("register", db=db_kind, nemesis=nemesis, time_limit=30, nemesis_interval=5, rate=150)
+    o = run_etcdproof("register", db=db_kind, nemesis=nemesis, time_limit=24, nemesis_interval=4, rate=150)
     results = o.results
     assert results["checkers"]["linearizable"]["valid"] is True, results["checkers"]["linearizable"]
     assert o.valid is True, results
