@@ -393,13 +393,20 @@ class Gateway:
             session.close()
 
 
-async def start_http(srv: "EtcdServer", host: str, port: int, metrics_only: bool = False) -> web.AppRunner:
-    """Serve the gateway (or only /health and /metrics) on host:port, on the running loop."""
+async def gateway_runner(srv: "EtcdServer", metrics_only: bool = False) -> web.AppRunner:
+    """The gateway's aiohttp runner, set up but on no listener: runner.server makes a protocol
+    per connection (the gRPC port hands HTTP/1.x connections to it, as etcd's cmux does)."""
     gw = Gateway(srv, metrics_only)
     app = web.Application(client_max_size=srv.cfg.max_request_bytes + 4 * GATEWAY_OVERHEAD)
     app.router.add_route("*", "/{tail:.*}", gw.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    return runner
+
+
+async def start_http(srv: "EtcdServer", host: str, port: int, metrics_only: bool = False) -> web.AppRunner:
+    """Serve the gateway (or only /health and /metrics) on host:port, on the running loop."""
+    runner = await gateway_runner(srv, metrics_only)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()

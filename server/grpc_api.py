@@ -1,11 +1,11 @@
-"""The gRPC front end: etcd's services on grpc.aio, on the server's event loop.
+"""The gRPC front end: etcd's services, served on the server's event loop.
 
-Why grpc.aio: measured on this machine with h2load, it serves about 1.7 times the unary RPCs per
-second of grpcio's threaded server under concurrency (the threaded server hands every call
-between threads that fight for the GIL), and streams (Watch, LeaseKeepAlive, Observe) cost a
-coroutine, not a thread. See docs/design-choices.md. Every handler turns EtcdError into etcd's
-status code and message, and any other exception into UNKNOWN; a handler never takes the server
-down.
+The handlers here are front-end neutral. They are served by server/grpc_server.py, our own
+gRPC over HTTP/2 (about a tenth of grpc.aio's CPU per call on this machine), or with
+ETCDPROOF_GRPC=grpcio by grpc.aio, the yardstick it was measured and tested against. Streams
+(Watch, LeaseKeepAlive, Observe) cost a coroutine, not a thread. See docs/design-choices.md.
+Every handler turns EtcdError into etcd's status code and message, and any other exception into
+UNKNOWN; a handler never takes the server down.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from typing import TYPE_CHECKING, Callable
+import os
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,6 +23,7 @@ from google.protobuf.message_factory import GetMessageClass
 from server import authapi, concurrency, errors
 from server.auth import current_token
 from server.errors import EtcdError
+from server.grpc_server import Abort, GrpcServer, Method
 from server.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from server.proto.v3electionpb import v3election_pb2, v3election_pb2_grpc
 from server.proto.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
@@ -95,7 +97,7 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                     code = "CANCELLED"
                     raise
                 except Exception as e:  # noqa: BLE001 - the server must survive any input
-                    if isinstance(e, grpc.aio.AbortError):
+                    if isinstance(e, (grpc.aio.AbortError, Abort)):
                         raise
                     log.exception("%s.%s failed", service, method)
                     code = "UNKNOWN"
@@ -125,7 +127,7 @@ def rpc(service: str, kind: str = "unary") -> Callable:
                 code = "CANCELLED"
                 raise
             except Exception as e:  # noqa: BLE001
-                if isinstance(e, grpc.aio.AbortError):
+                if isinstance(e, (grpc.aio.AbortError, Abort)):
                     raise
                 log.exception("%s.%s failed", service, method)
                 code = "UNKNOWN"
@@ -330,6 +332,42 @@ class Election(_Base, v3election_pb2_grpc.ElectionServicer):
         return concurrency.resign(self.srv, request)
 
 
+def _services(srv: "EtcdServer") -> list[tuple[Any, Any]]:
+    """(service descriptor, servicer) for every service the server offers."""
+    return [
+        (rpc_pb2.DESCRIPTOR.services_by_name["KV"], KV(srv)),
+        (rpc_pb2.DESCRIPTOR.services_by_name["Watch"], Watch(srv)),
+        (rpc_pb2.DESCRIPTOR.services_by_name["Lease"], Lease(srv)),
+        (rpc_pb2.DESCRIPTOR.services_by_name["Cluster"], Cluster(srv)),
+        (rpc_pb2.DESCRIPTOR.services_by_name["Maintenance"], Maintenance(srv)),
+        (rpc_pb2.DESCRIPTOR.services_by_name["Auth"], Auth(srv)),
+        (v3lock_pb2.DESCRIPTOR.services_by_name["Lock"], Lock(srv)),
+        (v3election_pb2.DESCRIPTOR.services_by_name["Election"], Election(srv)),
+    ]
+
+
+def methods(srv: "EtcdServer") -> dict[str, Method]:
+    """Every RPC by its path, for server/grpc_server.py."""
+    out = {}
+    for desc, servicer in _services(srv):
+        for m in desc.methods:
+            out[f"/{desc.full_name}/{m.name}"] = Method(
+                m.client_streaming, m.server_streaming, getattr(servicer, m.name),
+                _safe_deserializer(GetMessageClass(m.input_type)), GetMessageClass(m.output_type).SerializeToString)
+    return out
+
+
+async def open_grpc_server(srv: "EtcdServer", addresses: list[str], http1_factory=None) -> Any:
+    """The gRPC server, bound to addresses ("host:port") but not yet serving: ours, or grpc.aio
+    with ETCDPROOF_GRPC=grpcio. Either has start() and stop(grace). http1_factory serves HTTP/1.x
+    clients on the same port (ours only)."""
+    if os.environ.get("ETCDPROOF_GRPC", "") == "grpcio":
+        return build_grpc_server(srv, addresses)
+    server = GrpcServer(methods(srv), srv.cfg.max_request_bytes + GRPC_OVERHEAD, http1_factory)
+    await server.bind(addresses)
+    return server
+
+
 def _service_handler(desc, servicer) -> grpc.GenericRpcHandler:
     """Handlers for every method of a service, with undecodable requests answered, not raised.
 
@@ -354,7 +392,8 @@ def _service_handler(desc, servicer) -> grpc.GenericRpcHandler:
 
 
 def build_grpc_server(srv: "EtcdServer", addresses: list[str]) -> grpc.aio.Server:
-    """A grpc.aio server with every service, listening on addresses ("host:port"); not started."""
+    """A grpc.aio server with every service, listening on addresses ("host:port"); not started
+    (ETCDPROOF_GRPC=grpcio)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", srv.cfg.max_request_bytes + GRPC_OVERHEAD),
@@ -365,16 +404,7 @@ def build_grpc_server(srv: "EtcdServer", addresses: list[str]) -> grpc.aio.Serve
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ],
     )
-    for desc, servicer in (
-        (rpc_pb2.DESCRIPTOR.services_by_name["KV"], KV(srv)),
-        (rpc_pb2.DESCRIPTOR.services_by_name["Watch"], Watch(srv)),
-        (rpc_pb2.DESCRIPTOR.services_by_name["Lease"], Lease(srv)),
-        (rpc_pb2.DESCRIPTOR.services_by_name["Cluster"], Cluster(srv)),
-        (rpc_pb2.DESCRIPTOR.services_by_name["Maintenance"], Maintenance(srv)),
-        (rpc_pb2.DESCRIPTOR.services_by_name["Auth"], Auth(srv)),
-        (v3lock_pb2.DESCRIPTOR.services_by_name["Lock"], Lock(srv)),
-        (v3election_pb2.DESCRIPTOR.services_by_name["Election"], Election(srv)),
-    ):
+    for desc, servicer in _services(srv):
         server.add_generic_rpc_handlers((_service_handler(desc, servicer),))
     for addr in addresses:
         try:

@@ -16,8 +16,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
 
 
 async def serve(cfg: Config) -> int:
-    from server.gateway import start_http
-    from server.grpc_api import build_grpc_server
+    from server.gateway import gateway_runner, start_http
+    from server.grpc_api import open_grpc_server
 
     try:
         srv = EtcdServer(cfg)
@@ -30,7 +30,10 @@ async def serve(cfg: Config) -> int:
     try:
         await srv.start()
         _tune_gc()
-        grpc_server = build_grpc_server(srv, [u.hostport for u in cfg.listen_client_urls])
+        # the gateway also answers HTTP/1.x on the gRPC port, as etcd's does
+        gateway = await gateway_runner(srv)
+        runners.append(gateway)
+        grpc_server = await open_grpc_server(srv, [u.hostport for u in cfg.listen_client_urls], gateway.server)
         for u in cfg.listen_client_http_urls:
             runners.append(await start_http(srv, u.host, u.port))
         for u in cfg.listen_metrics_urls:

@@ -1,9 +1,9 @@
 """The pure cores stay pure: no clocks, randomness, threads, sockets, processes or file system.
 
-Why: Raft, the MVCC store, leases, watches and KV semantics are written as pure functions of their
-inputs so they can be tested exhaustively and replayed deterministically from the log. One
-`import time` would quietly break that (a lease deadline read from the wall clock, a random
-ID). This scans their source with the ast module, imports anywhere in the file included.
+Why: Raft, the MVCC store, leases, watches, KV semantics and the HTTP/2 connection are written as
+pure functions of their inputs so they can be tested exhaustively and replayed deterministically
+from the log. One `import time` would quietly break that (a lease deadline read from the wall
+clock, a random ID). This scans their source with the ast module, imports anywhere in the file included.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PURE = sorted(
-    [*(ROOT / "server" / "mvcc").glob("*.py"), *(ROOT / "server" / "raft").glob("*.py")]
+    [*(ROOT / "server" / "mvcc").glob("*.py"), *(ROOT / "server" / "raft").glob("*.py"),
+     *(ROOT / "server" / "http2").glob("*.py")]
     + [ROOT / "server" / n for n in ("lease.py", "watch.py", "kvops.py", "validate.py", "entrybatch.py")]
 )
 FORBIDDEN = frozenset({"asyncio", "socket", "time", "os", "random", "threading", "subprocess"})
@@ -41,7 +42,8 @@ def forbidden_imports(source: str, filename: str = "<source>") -> list[str]:
 def test_the_pure_module_list_is_complete() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in PURE}
     assert {"server/mvcc/store.py", "server/mvcc/keyindex.py", "server/mvcc/revision.py",
-            "server/raft/raft.py", "server/raft/log.py", "server/entrybatch.py"} <= names
+            "server/raft/raft.py", "server/raft/log.py", "server/entrybatch.py",
+            "server/http2/connection.py"} <= names
     assert all(p.is_file() for p in PURE)
 
 
