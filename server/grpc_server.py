@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import logging
 import socket
 import struct
@@ -129,7 +128,7 @@ class _Call:
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
-        self.buf = b""
+        self.buf: bytes | bytearray = b""  # a message not yet complete
         self.requests: list[Any] = []  # a unary request, until the stream ends
         self.queue: asyncio.Queue | None = asyncio.Queue() if method.client_streaming else None
         self.headers_sent = False
@@ -289,7 +288,11 @@ class _Protocol(asyncio.Protocol):
         call = self.calls.get(ev.stream_id)
         if call is None or call.done:
             return
-        buf = call.buf + ev.data if call.buf else ev.data
+        if call.buf:  # the rest of a message begun earlier: grown in place, not copied per frame
+            call.buf += ev.data
+            buf: bytes | bytearray = call.buf
+        else:
+            buf = ev.data
         off, n = 0, len(buf)
         limit = self.server.max_receive
         while n - off >= 5:
@@ -300,7 +303,7 @@ class _Protocol(asyncio.Protocol):
                 return
             if n - off - 5 < size:
                 break
-            raw = buf[off + 5:off + 5 + size]
+            raw = bytes(buf[off + 5:off + 5 + size])
             off += 5 + size
             if flag:
                 try:
@@ -317,7 +320,12 @@ class _Protocol(asyncio.Protocol):
                 call.queue.put_nowait(request)
             else:
                 call.requests.append(request)
-        call.buf = buf[off:] if off < n else b""
+        if off >= n:
+            call.buf = b""
+        elif isinstance(buf, bytearray):
+            del buf[:off]
+        else:
+            call.buf = bytearray(buf[off:])
         if ev.end_stream:
             self._end_of_requests(call)
 
@@ -326,15 +334,16 @@ class _Protocol(asyncio.Protocol):
         enc = call.encoding
         if enc in (b"", b"identity"):
             raise Abort(grpc.StatusCode.INTERNAL, "grpc: compressed flag set with identity or empty encoding")
+        if enc not in (b"gzip", b"deflate"):
+            raise Abort(grpc.StatusCode.UNIMPLEMENTED,
+                        f'grpc: Decompressor is not installed for grpc-encoding "{enc.decode("latin-1")}"')
         try:
-            if enc == b"gzip":
-                out = gzip.decompress(raw)
-            elif enc == b"deflate":
-                out = zlib.decompress(raw)
-            else:
-                raise Abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f'grpc: Decompressor is not installed for grpc-encoding "{enc.decode("latin-1")}"')
-        except (OSError, EOFError, zlib.error) as e:
+            # bounded: a small message must not inflate into gigabytes before it is measured
+            d = zlib.decompressobj(zlib.MAX_WBITS | 16 if enc == b"gzip" else zlib.MAX_WBITS)
+            out = d.decompress(raw, limit + 1)
+            if not d.eof and len(out) <= limit:
+                raise zlib.error("truncated stream")
+        except zlib.error as e:
             raise Abort(grpc.StatusCode.INTERNAL, f"grpc: failed to decompress the received message: {e}") from None
         if len(out) > limit:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

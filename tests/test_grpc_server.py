@@ -191,6 +191,11 @@ def test_oversized_and_compressed_requests(channel: grpc.Channel) -> None:
     assert e.value.details() == f"grpc: received message larger than max ({MAX + 1} vs. {MAX})"
     body = b"compress me " * 1000
     assert echo(body, compression=grpc.Compression.Gzip, timeout=5) == body
+    with pytest.raises(grpc.RpcError) as e:  # small on the wire, too large once inflated
+        echo(b"\0" * (10 * MAX), compression=grpc.Compression.Gzip, timeout=5)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "after decompression" in e.value.details()
+    near = bytes(range(256)) * (MAX // 256 - 1)  # several DATA frames, reassembled
+    assert echo(near, timeout=5) == near
     assert echo(b"still fine", timeout=5) == b"still fine"
 
 
