@@ -8,9 +8,9 @@ answer with the HTTP status grpc-gateway maps the gRPC code to, and {"error", "c
 a known path with the wrong method gets 405. Gateway calls count in the grpc_server_* metrics
 as the gRPC calls they stand for, as etcd's gateway (a gRPC client of its own server) does.
 
-It runs on the server's event loop (aiohttp) on its own listener, --listen-client-http-urls
-(and /health and /metrics also on --listen-metrics-urls): grpcio owns the gRPC port and cannot
-share it with HTTP/1.1.
+It runs on the server's event loop (aiohttp): on the gRPC client port, for connections that
+speak HTTP/1.x (server/grpc_server.py hands them over, as etcd's cmux does), on its own listener,
+--listen-client-http-urls, and (/health and /metrics only) on --listen-metrics-urls.
 """
 from __future__ import annotations
 

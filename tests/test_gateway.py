@@ -4,7 +4,8 @@ Why: tools and scripts talk to etcd with curl and the examples of etcd's "gRPC g
 the reference server must give them the same JSON. Every request goes to the reference server
 and to a real etcd with the same history, and the answers are compared after removing what
 legitimately differs between two clusters (cluster and member IDs, raft term). Real etcd 3.4
-serves the gateway on its client port; ours on its own HTTP port (LocalMember.http_url).
+serves the gateway on its client port; ours on its own HTTP port (LocalMember.http_url) and, as
+etcd, on its client port (the last test).
 """
 from __future__ import annotations
 
@@ -401,3 +402,33 @@ def test_wrong_method_is_405(servers: tuple[LocalMember, LocalMember], kind: str
     m = dict(zip(("reference", "etcd"), servers))[kind]
     assert curl(m, "/v3/kv/range", method="GET")[0] == 405
     assert curl(m, "/health", method="POST")[0] == 405
+
+
+class _ClientPort:
+    """A member seen through its gRPC client port, where etcd (cmux) and ours (server/
+    grpc_server.py hands HTTP/1.x connections to the gateway) serve the gateway as well."""
+
+    def __init__(self, m: LocalMember) -> None:
+        self.kind = m.kind
+        self.http_url = f"http://{m.endpoint}"
+
+
+def test_the_client_port_serves_the_gateway_too(servers: tuple[LocalMember, LocalMember]) -> None:
+    ports = tuple(_ClientPort(m) for m in servers)
+    status, put = both(ports, "/v3/kv/put", {"key": b64("cport"), "value": b64("via the gRPC port")})
+    assert status == 200 and set(put) == {"header"}
+    _, got = both(ports, "/v3/kv/range", {"key": b64("cport")})
+    assert unb64(got["kvs"][0]["value"]) == "via the gRPC port"
+    assert both(ports, "/v3/kv/put", {"value": b64("no key")})[0] == 400  # etcd's error body too
+    for m in ports:
+        status, text = curl(m, "/health", method="GET")
+        assert status == 200 and json.loads(text)["health"] == "true"
+    watched = {}
+    for m in ports:
+        lines = _watch_lines(m, {"create_request": {"key": b64("cport-w")}}, 2,
+                             lambda m=m: curl(m, "/v3/kv/put", {"key": b64("cport-w"), "value": b64("1")}))
+        watched[m.kind] = normalise(lines)
+    assert watched["reference"] == watched["etcd"] and len(watched["reference"]) == 2
+    # gRPC on the same port still works after HTTP/1.1 connections came and went
+    with grpc.insecure_channel(servers[0].endpoint) as ch:
+        assert rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"cport"), timeout=5).count == 1
