@@ -7,9 +7,11 @@ and HTTP/1.1 on the gRPC port. The etcd services on it are tested against real e
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import threading
 import time
+import urllib.request
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -269,3 +271,35 @@ def test_timeouts_and_messages_are_encoded_as_the_spec_says() -> None:
     assert parse_timeout(b"123456789S") is None and parse_timeout(b"10x") is None and parse_timeout(b"S") is None
     assert grpc_message("plain text") == b"plain text"
     assert grpc_message("100%\n") == b"100%25%0A" and grpc_message("é") == b"%C3%A9"
+
+
+@pytest.mark.parametrize("front_end", ["ours", "grpcio"])
+def test_both_front_ends_serve_the_same_answers(front_end: str, member_factory, monkeypatch) -> None:
+    """The yardstick stays usable: ETCDPROOF_GRPC=grpcio serves the same services with grpc.aio,
+    and both front ends give the same answers and error texts to the same calls."""
+    from server.proto.etcdserverpb import rpc_pb2 as pb
+    from server.proto.etcdserverpb import rpc_pb2_grpc as rpcgrpc
+
+    monkeypatch.setenv("ETCDPROOF_GRPC", "grpcio" if front_end == "grpcio" else "")
+    m = member_factory("reference")
+    with grpc.insecure_channel(m.endpoint) as ch:
+        kv = rpcgrpc.KVStub(ch)
+        kv.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=5)
+        got = kv.Range(pb.RangeRequest(key=b"k"), timeout=5)
+        assert [(x.key, x.value, x.version) for x in got.kvs] == [(b"k", b"v", 1)]
+        with pytest.raises(grpc.RpcError) as e:
+            kv.Put(pb.PutRequest(key=b""), timeout=5)
+        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                       "etcdserver: key is not provided")
+        watch = rpcgrpc.WatchStub(ch).Watch(iter([pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=b"k", start_revision=1))]), timeout=5)
+        first, events = next(watch), next(watch)
+        assert first.created and [ev.kv.value for ev in events.events] == [b"v"]
+        watch.cancel()
+    # which front end answered: only ours hands HTTP/1.1 on the client port to the gateway
+    try:
+        with urllib.request.urlopen(f"http://{m.endpoint}/health", timeout=5) as r:
+            http1 = r.status == 200
+    except (OSError, http.client.HTTPException):
+        http1 = False
+    assert http1 == (front_end == "ours")
