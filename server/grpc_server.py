@@ -46,6 +46,7 @@ _PREFIX = struct.Struct(">BI")
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
 _END = object()  # the end of a request stream
+STOPPED = (grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")  # etcd's ErrGRPCStopped
 
 
 class Abort(Exception):
@@ -395,8 +396,9 @@ class _Protocol(asyncio.Protocol):
         except Abort as a:
             self._finish(call, a.code, a.details)
         except asyncio.CancelledError:
-            if not call.done:  # cancelled by the server stopping: the client is told
-                self._finish(call, grpc.StatusCode.CANCELLED, "the server is stopping")
+            if not call.done:  # cancelled by the server stopping: told as etcd tells it, which
+                # clients take as a reason to retry elsewhere (a watch reconnects), not to give up
+                self._finish(call, *STOPPED)
         except Exception as e:  # noqa: BLE001 - grpc_api's handlers catch their own; this is a safety net
             log.exception("call %s failed", call.sid)
             self._finish(call, grpc.StatusCode.UNKNOWN, f"etcdproof: internal error: {e!r}")
@@ -493,7 +495,7 @@ class _Protocol(asyncio.Protocol):
             if call.task is not None:
                 call.task.cancel()
             else:
-                self._finish(call, grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+                self._finish(call, *STOPPED)
         self._flush()
 
 
@@ -573,7 +575,8 @@ class GrpcServer:
             await asyncio.sleep(0.05)
         for p in list(self.protocols):
             p.cancel_all()
-        await asyncio.sleep(0)
+        for _ in range(3):  # the cancelled handlers run their cleanup and send their status
+            await asyncio.sleep(0)
         for p in list(self.protocols):
             p._flush()
             p._close()

@@ -246,9 +246,13 @@ def test_stop_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
     try:
         with grpc.insecure_channel(s.address) as ch:
             fut = unary(ch, "Slow").future(b"0.4", timeout=10)
+            stuck = unary(ch, "Forever").future(b"", timeout=10)
             time.sleep(0.2)
-            stopping = asyncio.run_coroutine_threadsafe(s.server.stop(3), s.loop)
+            stopping = asyncio.run_coroutine_threadsafe(s.server.stop(1.5), s.loop)
             assert fut.result(5) == b"done"  # finished within the grace period
+            with pytest.raises(grpc.RpcError) as e:  # did not: stopped, in etcd's words
+                stuck.result(5)
+            assert (e.value.code(), e.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
             stopping.result(10)
         with socket.socket() as sock:
             with pytest.raises(OSError):
