@@ -12,6 +12,7 @@ into their own error form.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import logging
 import os
@@ -60,9 +61,37 @@ LEASE_TTL_TOO_LONG_TRANSFER = 0
 _TIMED_OUT = object()
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(_TIMED_OUT)
+class _Expiry:
+    """Futures that time out after one fixed delay, swept by a single timer. Every proposal waits
+    the same request timeout, so they expire in the order they were made: a deque, instead of a
+    loop.call_later per request (a TimerHandle, a heap push and a cancel: a few percent of a
+    member's CPU at thousands of puts a second). Expiry is late by at most `grain` seconds."""
+
+    def __init__(self, delay: float, grain: float = 0.05) -> None:
+        self.delay = delay
+        self.grain = grain
+        self._q: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, fut: asyncio.Future) -> None:
+        loop = fut.get_loop()
+        self._q.append((loop.time() + self.delay, fut))
+        if self._timer is None:
+            self._timer = loop.call_later(self.delay + self.grain, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        q = self._q
+        while q and q[0][0] <= now:
+            fut = q.popleft()[1]
+            if not fut.done():
+                fut.set_result(_TIMED_OUT)
+        self._timer = loop.call_at(max(q[0][0], now + self.grain), self._sweep, loop) if q else None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class StartupError(Exception):
@@ -85,6 +114,7 @@ class EtcdServer:
         self.cfg = cfg
         self.metrics = Metrics()
         self._waiters: dict[int, asyncio.Future] = {}
+        self._expiry = _Expiry(cfg.request_timeout)
         self._stopped = False
         self._tasks: list[asyncio.Task] = []
         self._lockfile: int | None = None
@@ -316,6 +346,7 @@ class EtcdServer:
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_result(errors.STOPPED)
+        self._expiry.close()
         await asyncio.get_running_loop().run_in_executor(self._io, self.backend.close)
         self._io.shutdown(wait=True)
         if self._lockfile is not None:
@@ -494,12 +525,11 @@ class EtcdServer:
         fut = loop.create_future()
         rid = self._submit(req)
         self._waiters[rid] = fut
-        # a timer instead of asyncio.wait_for: the same deadline for a fraction of the cost
-        timer = loop.call_later(self.cfg.request_timeout, _expire, fut)
+        # one sweeping timer for all proposals instead of asyncio.wait_for or a timer each
+        self._expiry.add(fut)
         try:
             res = await fut
         finally:
-            timer.cancel()
             self._waiters.pop(rid, None)
         if res is _TIMED_OUT:
             self.metrics.proposals_failed.inc()

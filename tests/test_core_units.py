@@ -837,3 +837,36 @@ def test_periodic_retention_bare_number_means_hours() -> None:
     assert compaction_period(c) == 7200.0
     c = Config(auto_compaction_retention="30m")
     assert compaction_period(c) == 1800.0
+
+
+def test_proposal_expiry_times_out_in_order_and_skips_answered_ones() -> None:
+    """One sweeping timer stands for a timer per proposal: each future gets _TIMED_OUT no earlier
+    than the delay after it was added and at most a grain later; answered ones are left alone."""
+    import asyncio
+    import time
+
+    from server.etcdserver import _TIMED_OUT, _Expiry
+
+    async def go() -> tuple[list, list, float]:
+        loop = asyncio.get_running_loop()
+        ex = _Expiry(0.2, grain=0.02)
+        futs, added = [], []
+        for i in range(6):
+            f = loop.create_future()
+            ex.add(f)
+            futs.append(f)
+            added.append(time.monotonic())
+            await asyncio.sleep(0.03)
+        futs[2].set_result("answered")
+        done_at = []
+        for f in futs:
+            await f
+            done_at.append(time.monotonic())
+        waits = [d - a for i, (d, a) in enumerate(zip(done_at, added)) if i != 2]
+        ex.close()
+        return [f.result() for f in futs], waits
+
+    results, waits = asyncio.run(go())
+    assert results == [_TIMED_OUT, _TIMED_OUT, "answered", _TIMED_OUT, _TIMED_OUT, _TIMED_OUT]
+    assert min(waits) >= 0.2 - 0.001  # never early
+    assert max(waits) < 0.2 + 0.02 + 0.15  # late by the grain, and this machine's scheduling
