@@ -31,6 +31,7 @@ class Toy:
 
     def __init__(self) -> None:
         self.cancelled: list[str] = []
+        self.started: list[str] = []
         self.produced = 0
         self.release = asyncio.Event()
 
@@ -48,6 +49,7 @@ class Toy:
         return req
 
     async def forever(self, req: bytes, ctx: Context) -> bytes:
+        self.started.append("forever")
         try:
             await asyncio.Event().wait()
         finally:
@@ -307,3 +309,53 @@ def test_both_front_ends_serve_the_same_answers(front_end: str, member_factory, 
     except (OSError, http.client.HTTPException):
         http1 = False
     assert http1 == (front_end == "ours")
+
+
+def test_a_storm_of_deadlines_cancels_and_resets_leaves_nothing_behind(served: Served) -> None:
+    """Calls that expire, get cancelled by the client or finish, all at once on shared
+    connections: afterwards no call is left in the server, no handler is still waiting, and the
+    server answers as before."""
+    async def storm() -> dict[str, int]:
+        outcomes: dict[str, int] = {}
+        async with grpc.aio.insecure_channel(served.address) as ch:
+            slow = ch.unary_unary("/toy.T/Slow", request_serializer=ident, response_deserializer=ident)
+            forever = ch.unary_unary("/toy.T/Forever", request_serializer=ident, response_deserializer=ident)
+            chunks = ch.unary_stream("/toy.T/Chunks", request_serializer=ident, response_deserializer=ident)
+
+            async def one(i: int) -> None:
+                try:
+                    if i % 3 == 0:
+                        await slow(b"%.3f" % (0.001 * (i % 50)), timeout=0.02 + 0.001 * (i % 40))
+                    elif i % 3 == 1:
+                        call = forever(b"", timeout=5)
+                        # some cancelled at once (perhaps before the server saw them), some surely later
+                        await asyncio.sleep(0.001 * (i % 30) if i % 2 else 0.5)
+                        call.cancel()
+                        await call
+                    else:
+                        call = chunks(b"2000x100", timeout=5)
+                        async for _ in call:
+                            if i % 2:
+                                break
+                        call.cancel()
+                    key = "ok"
+                except (grpc.aio.AioRpcError, asyncio.CancelledError) as e:
+                    key = e.code().name if isinstance(e, grpc.aio.AioRpcError) else "cancelled"
+                outcomes[key] = outcomes.get(key, 0) + 1
+
+            await asyncio.gather(*(one(i) for i in range(600)))
+        return outcomes
+
+    outcomes = asyncio.run(storm())
+    assert outcomes.get("DEADLINE_EXCEEDED", 0) > 0 and sum(outcomes.values()) == 600, outcomes
+
+    async def left() -> int:
+        await asyncio.sleep(0.3)  # the client's resets and the connection's close arrive
+        return sum(len(p.calls) for p in served.server.protocols)
+
+    assert served.run(left()) == 0
+    # every handler that started waiting was stopped (a call reset before its handler ran has none)
+    started = served.toy.started.count("forever")
+    assert started > 0 and served.toy.cancelled.count("forever") == started
+    with grpc.insecure_channel(served.address) as ch:
+        assert unary(ch, "Echo")(b"after the storm", timeout=5) == b"after the storm"
