@@ -333,7 +333,7 @@ def test_a_storm_of_deadlines_cancels_and_resets_leaves_nothing_behind(served: S
                         call.cancel()
                         await call
                     else:
-                        call = chunks(b"2000x100", timeout=5)
+                        call = chunks(b"200x100", timeout=5)
                         async for _ in call:
                             if i % 2:
                                 break
