@@ -21,7 +21,7 @@ from server.proto.etcdserverpb import rpc_pb2 as pb
 from server.proto.etcdserverpb import rpc_pb2_grpc as rpcgrpc
 
 KINDS = ["reference", pytest.param("etcd", marks=pytest.mark.etcd)]
-CYCLES = 4
+CYCLES = 3
 ELECTION = 10.0  # seconds the survivors get: an election timeout is 1 s; etcd needs about 2
 
 
