@@ -4,7 +4,8 @@ Each fault is a pair of ops from process "nemesis": f = start-<fault>, then stop
 completion is `ok` with the evidence as its value when the fault applied, `fail` with the
 reason when it was refused, `info` when an error left it unknown (the class is then healed at
 once, recorded as its stop; so is a stop that ends `info`, before the class can start again).
-At the end (and on any exit path) `heal_all` undoes every fault class, also recorded. Remote
+At the end (and on any exit path) `heal_all` undoes every fault class, also recorded; a fault
+applied when the schedule is cancelled is undone there, in heal order, not by its lane. Remote
 commands are blocking, so each runs in a thread; a cancelled schedule waits for a command in
 flight to finish before it heals, so a heal never races the fault it undoes.
 
@@ -104,7 +105,8 @@ class Schedule:
         return self.interval * self.rng.uniform(0.75, 1.25)
 
     async def run(self) -> None:
-        """Run the lanes until cancelled; each stops what it started on the way out."""
+        """Run the lanes until cancelled. A lane cancelled while its fault is applied leaves it to
+        heal_all, which the caller runs next (the runner always does)."""
         if not self.nemeses:
             return
         lanes = min(self.concurrent, len(self.nemeses))
@@ -146,9 +148,14 @@ class Schedule:
         self.active.append(nem.name)
         try:
             await asyncio.sleep(self._wait())
-        finally:
-            stopped = await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
+        except asyncio.CancelledError:
+            # the schedule is ending: heal_all undoes every class next, network first and members
+            # last. Stopping here instead would run this class's undo under whatever the other
+            # lanes still apply (re-adding a member through a degraded network waited 30 s in vain)
             self.active.remove(nem.name)
+            raise
+        stopped = await self._op(f"stop-{nem.name}", lambda: nem.stop(self.ctx))
+        self.active.remove(nem.name)
         if stopped.type == INFO:  # half undone: heal the class before a lane may start it again
             await self._op(f"stop-{nem.name}", lambda: nem.heal(self.ctx))
 

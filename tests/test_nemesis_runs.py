@@ -1,6 +1,6 @@
 """Runs under composed faults: the register workload with every fault class (`--nemesis all`),
-three classes at a time, against both targets; valid verdicts, every class either applied with
-evidence or refused with its reason, and nothing left behind. The per-class runs (each class,
+three classes at a time, against both targets; valid verdicts, most classes applied with
+evidence, the rest refused with their reason (or unknown, with the error), and nothing left behind. The per-class runs (each class,
 register and bank, both targets) are behind `slow` (make test-slow)."""
 from __future__ import annotations
 
@@ -60,8 +60,12 @@ def test_register_under_all_faults_three_at_a_time(request, db_kind, etcdproof_i
     applied = {k for k, v in ops.items() if v["applied"]}
     assert len(applied) >= 5, ops
     for k, v in ops.items():
-        assert v["applied"] or v["refused"], (k, v)
+        # every start drawn ended somehow: applied, refused with its reason, or unknown with its
+        # error (honestly so: a membership change whose outcome could not be asked because
+        # another lane had just crashed every member; a start cut short by the run's end)
+        assert v["applied"] or v["refused"] or v["unknown"], (k, v)
         assert all(r.startswith("refused: ") and len(r) > 12 for r in v["refused"]), v["refused"]
+        assert all(e for e in v["unknown"]), (k, v)
     if db_kind == "etcd" and "clock" in ops:
         assert ops["clock"]["refused"] == [f"refused: {GO_REFUSAL}"]  # once: it is permanent
         assert not ops["clock"]["applied"]
