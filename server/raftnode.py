@@ -105,6 +105,12 @@ class RaftNode:
     def last_index(self) -> int:
         return self.raft.log.last_index()
 
+    def _alone(self) -> bool:
+        """A lone voter with no learners sends no messages: its only per-Ready cost is the WAL
+        write, and proposals pile up while that is on disk, so holding them or pacing Readys
+        only leaves the loop idle (measured: 263 against 131 fsyncs/s and 12% more puts)."""
+        return self.conf.voters == (self.id,) and not self.conf.learners
+
     # ---------------------------------------------------------- lifecycle
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -234,7 +240,7 @@ class RaftNode:
     def _prop_hold(self) -> bool:
         """Whether queued proposals may go now: under load (the last batch had company) they
         wait a moment for more, so each raft round, fsync and message carries many entries."""
-        if not self._props_busy or len(self._props) >= PROPOSE_BATCH_MAX:
+        if not self._props_busy or len(self._props) >= PROPOSE_BATCH_MAX or self._alone():
             return True
         now = time.monotonic()
         if self._prop_hold_until == 0.0:
@@ -267,7 +273,7 @@ class RaftNode:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                if self._ready_busy:
+                if self._ready_busy and not self._alone():
                     await self._pace()
                 self._ready_at = time.monotonic()
                 rd = self.raft.ready()
