@@ -161,10 +161,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.protocols.discard(self)
+        self.transport = None
         for call in list(self.calls.values()):
             self._abandon(call)
-        self.calls.clear()
-        self.transport = None
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -187,7 +186,7 @@ class _Protocol(asyncio.Protocol):
                 elif type(ev) is RequestReceived:
                     self._on_request(ev)
                 elif type(ev) is StreamReset:
-                    call = self.calls.pop(ev.stream_id, None)
+                    call = self.calls.get(ev.stream_id)
                     if call is not None:
                         self._abandon(call)
                 elif type(ev) is ConnectionClosed:
@@ -476,11 +475,7 @@ class _Protocol(asyncio.Protocol):
     def _abandon(self, call: _Call) -> None:
         """The client is gone (reset, or the connection closed): stop the handler, send nothing."""
         call.done = True
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        if call.drain is not None and not call.drain.done():
-            call.drain.set_result(None)
+        self._forget(call)
         if call.task is not None:
             call.task.cancel()
 

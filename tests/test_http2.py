@@ -86,7 +86,7 @@ def test_a_request_and_its_answer() -> None:
     assert events[1].data == b"\x00\x00\x00\x00\x03abc" and events[1].end_stream
     s.send_headers(1, encode([(b":status", b"200"), (b"content-type", b"application/grpc")]))
     s.send_data(1, b"\x00\x00\x00\x00\x02ok")
-    s.send_trailers(1, literal(b"grpc-status", b"0"))
+    s.send_headers(1, literal(b"grpc-status", b"0"), True)
     got = to_client(c, s)
     kinds = [type(e) for e in got]
     assert kinds == [h2.events.ResponseReceived, h2.events.DataReceived, h2.events.TrailersReceived,
@@ -101,7 +101,7 @@ def test_trailers_before_the_client_half_closed_reset_its_side_with_no_error() -
     c, s, _ = pair()
     c.send_headers(1, REQUEST)
     to_server(c, s)
-    s.send_trailers(1, encode([(b":status", b"200"), (b"grpc-status", b"5")]))
+    s.send_headers(1, encode([(b":status", b"200"), (b"grpc-status", b"5")]), True)
     got = to_client(c, s)
     assert any(isinstance(e, h2.events.StreamEnded) for e in got)
     assert [e.error_code for e in got if isinstance(e, h2.events.StreamReset)] == [f.NO_ERROR]
@@ -134,7 +134,7 @@ def test_flow_control_holds_data_and_trailers_until_the_client_opens_its_window(
     to_server(c, s)
     s.send_headers(1, encode([(b":status", b"200")]))
     s.send_data(1, b"a" * 100)
-    s.send_trailers(1, literal(b"grpc-status", b"0"))
+    s.send_headers(1, literal(b"grpc-status", b"0"), True)
     got = to_client(c, s)
     data = b"".join(e.data for e in got if isinstance(e, h2.events.DataReceived))
     assert data == b"a" * 10 and s.pending(1) == 90
@@ -179,7 +179,7 @@ def test_frames_respect_the_clients_max_frame_size_and_big_header_blocks_use_con
     assert dict(events[0].headers)[b"x-big"] == big
     s.send_headers(1, encode([(b":status", b"200"), (b"x-big", big)]))
     s.send_data(1, b"d" * 40_000)
-    s.send_trailers(1, literal(b"grpc-status", b"0"))
+    s.send_headers(1, literal(b"grpc-status", b"0"), True)
     out = s.data_to_send()
     got = c.receive_data(out)
     assert dict(got[0].headers)[b"x-big"] == big

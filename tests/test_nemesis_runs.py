@@ -19,7 +19,8 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def nemesis_ops(history) -> dict[str, dict[str, list]]:
-    """fault class -> {"applied": [evidence...], "refused": [reasons...]} from a history."""
+    """fault class -> {"applied": [evidence...], "refused": [reasons...], "unknown": [errors...]}
+    from a history (a class whose start never completed has all three empty)."""
     out: dict[str, dict[str, list]] = {}
     for op in history:
         if op.process != NEMESIS or not op.f.startswith("start-"):

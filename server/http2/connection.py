@@ -3,7 +3,7 @@
     conn = Connection()
     wire(conn.data_to_send())                 # our SETTINGS first
     for event in conn.receive_data(bytes_in): ...
-    conn.send_headers(sid, block); conn.send_data(sid, data); conn.send_trailers(sid, block)
+    conn.send_headers(sid, block); conn.send_data(sid, data); conn.send_headers(sid, trailers, True)
     wire(conn.data_to_send())
 
 Events: RequestReceived (a new stream's headers), DataReceived, StreamReset (the client reset a
@@ -356,9 +356,6 @@ class Connection:
         if end_stream:
             s.local_closed = True
             self._closed_locally(s)
-
-    def send_trailers(self, sid: int, block: bytes) -> None:
-        self.send_headers(sid, block, end_stream=True)
 
     def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
         limit = self.peer_max_frame
